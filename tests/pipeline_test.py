@@ -1,0 +1,71 @@
+"""End-to-end test of tfrobprune.pipeline on synthetic data: pre-train, prune, fine-tune, evaluate, report."""
+
+import json
+import os
+
+from absl.testing import absltest
+
+from tfrobprune import config
+from tfrobprune import evaluation
+from tfrobprune import objectives
+from tfrobprune import pipeline
+from tfrobprune import pruning
+from tfrobprune import training
+
+
+def _config(**overrides):
+  pgd = objectives.ObjectiveConfig(name="pgd", eps=0.1, pgd_steps=2)
+  values = dict(
+      data=config.DataConfig(dataset="synthetic", synthetic_examples=(512, 128), synthetic_shape=(12, 12, 1)),
+      model="cnn_small", seed=0,
+      pretrain=training.TrainConfig(epochs=3, batch_size=64, learning_rate=3e-3),
+      pretrain_objective=pgd,
+      finetune=training.TrainConfig(epochs=2, batch_size=64, learning_rate=1e-3),
+      finetune_objective=pgd,
+      pruning=pruning.PruningConfig(target_sparsity=0.8, scope="global", frequency=2),
+      sparsities=(0.8,),
+      evaluation=evaluation.EvalConfig(eps=0.1, pgd_steps=5, pgd_restarts=1, batch_size=128),
+      export=False)
+  values.update(overrides)
+  return config.RunConfig(**values)
+
+
+class PipelineTest(absltest.TestCase):
+
+  def testRunWritesAValidReportWithAPrunedModelAtTargetSparsity(self):
+    output_dir = self.create_tempdir().full_path
+    result = pipeline.run(_config(), output_dir, progress=False, log=lambda line: None)
+    with open(os.path.join(output_dir, "report.json")) as handle:
+      report = json.load(handle)
+    self.assertEqual(report["config"]["model"], "cnn_small")
+    for key in ("benign_acc", "pgd_acc", "params", "nonzero_params"):
+      self.assertIn(key, report["dense"])
+    for key in ("benign_acc", "pgd_acc", "sparsity", "layer_sparsity", "compression"):
+      self.assertIn(key, report["pruned"])
+    self.assertAlmostEqual(report["pruned"]["sparsity"], 0.8, delta=0.01)
+    self.assertGreater(report["pruned"]["compression"], 3.0)
+    self.assertGreater(report["dense"]["benign_acc"], 0.5)  # the synthetic classes are learnable
+    self.assertLessEqual(report["dense"]["pgd_acc"], report["dense"]["benign_acc"])
+    self.assertAlmostEqual(report["ratios"]["benign"], report["pruned"]["benign_acc"] / report["dense"]["benign_acc"])
+    self.assertEqual(result["ratios"], report["ratios"])
+    self.assertIn("| pruned |", open(os.path.join(output_dir, "report.md")).read())
+    self.assertTrue(os.path.exists(os.path.join(output_dir, "layer_sparsity.png")))
+    self.assertNotEmpty(os.listdir(os.path.join(output_dir, "tensorboard")))
+
+  def testDenseCheckpointSkipsPretraining(self):
+    first = self.create_tempdir().full_path
+    pipeline.run(_config(), first, progress=False, log=lambda line: None)
+    checkpoint = os.path.join(first, "checkpoints", "dense", "weights")
+    second = self.create_tempdir().full_path
+    report = pipeline.run(_config(dense_checkpoint=checkpoint), second, progress=False, log=lambda line: None)
+    self.assertEqual(report["history"]["pretrain"], [])
+    first_report = json.load(open(os.path.join(first, "report.json")))
+    self.assertAlmostEqual(report["dense"]["benign_acc"], first_report["dense"]["benign_acc"])
+
+  def testUnwritableOutputDirectoryIsNamed(self):
+    with self.assertRaisesRegex(OSError, "/proc/nope"):
+      pipeline.run(_config(), "/proc/nope", progress=False, log=lambda line: None)
+
+
+if __name__ == "__main__":
+  absltest.main()

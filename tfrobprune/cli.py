@@ -1,0 +1,223 @@
+"""The `tfrobprune` command line: flags -> `RunConfig` -> one library call.
+
+    tfrobprune train --flagfile=configs/fmnist_pgd_s90.cfg --output_dir=runs/pgd90
+
+Commands: `train` (the whole pipeline). Flags are validated where they are defined (bounds, enums, validators);
+combinations are validated by the config dataclasses, whose errors are reported as one line naming the value.
+Nothing below `main` reads FLAGS.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+from tfrobprune import data
+from tfrobprune import models
+from tfrobprune import objectives
+
+COMMANDS = ("train",)
+
+# Run.
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory for report.json, report.md, logs, checkpoints.")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed (data order, initialisation, attacks).", lower_bound=0)
+_DETERMINISTIC = flags.DEFINE_boolean("deterministic", False, "TensorFlow op determinism: bit-identical reruns.")
+_PROGRESS = flags.DEFINE_boolean("progress", True, "Show per-epoch progress bars.")
+_EXPORT = flags.DEFINE_boolean("export", True, "Export the pruned model (SavedModel, TFLite) at the end.")
+# Data.
+_DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", data.DATASET_NAMES, "Dataset.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder (default: the dataset's standard location).")
+_IMAGE_SIZE = flags.DEFINE_list("image_size", None, "HEIGHT,WIDTH for image_folder datasets.")
+_VALIDATION_FRACTION = flags.DEFINE_float("validation_fraction", 0.0, "Part of the training set held out.",
+                                          lower_bound=0.0, upper_bound=0.9)
+_AUGMENT = flags.DEFINE_boolean("augment", False, "Random crop + horizontal flip (CIFAR-like data).")
+_MAX_TRAIN_EXAMPLES = flags.DEFINE_integer("max_train_examples", 0, "Use the first N training examples (0: all).",
+                                           lower_bound=0)
+_SYNTHETIC_EXAMPLES = flags.DEFINE_list("synthetic_examples", ["1024", "256"], "TRAIN,TEST sizes (synthetic data).")
+_SYNTHETIC_SHAPE = flags.DEFINE_list("synthetic_shape", ["28", "28", "1"], "H,W,C of synthetic images.")
+# Model.
+_MODEL = flags.DEFINE_enum("model", "cnn_small", models.MODEL_NAMES, "Model architecture.")
+_DENSE_CHECKPOINT = flags.DEFINE_string("dense_checkpoint", None, "Start from these dense weights; skip pre-training.")
+# Objectives.
+_OBJECTIVE = flags.DEFINE_enum("objective", "pgd", objectives.OBJECTIVE_NAMES, "Objective of both phases.")
+_PRETRAIN_OBJECTIVE = flags.DEFINE_enum("pretrain_objective", None, objectives.OBJECTIVE_NAMES,
+                                        "Pre-training objective (default: --objective).")
+_FINETUNE_OBJECTIVE = flags.DEFINE_enum("finetune_objective", None, objectives.OBJECTIVE_NAMES,
+                                        "Fine-tuning objective (default: --objective).")
+_EPS = flags.DEFINE_float("eps", 0.1, "Training epsilon (pixels in [0, 1]).", lower_bound=0.0, upper_bound=1.0)
+_NORM = flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat model norm.")
+_PGD_STEPS = flags.DEFINE_integer("pgd_steps", 10, "PGD steps in training.", lower_bound=1)
+_PGD_STEP_SIZE = flags.DEFINE_float("pgd_step_size", 0.0, "PGD step size in training (0: 2.5 eps / steps).",
+                                    lower_bound=0.0)
+_ROBUST_WEIGHT = flags.DEFINE_float("robust_weight", 1.0, "w in (1-w) natural + w robust (IBP: 1 - final kappa).",
+                                    lower_bound=0.0, upper_bound=1.0)
+_TRADES_BETA = flags.DEFINE_float("trades_beta", 6.0, "TRADES beta.", lower_bound=0.0)
+_EPS_WARMUP_EPOCHS = flags.DEFINE_float("eps_warmup_epochs", 0.0, "Pre-training epochs at eps 0.", lower_bound=0.0)
+_EPS_RAMP_EPOCHS = flags.DEFINE_float("eps_ramp_epochs", 0.0, "Pre-training epochs over which eps ramps up.",
+                                      lower_bound=0.0)
+_EPS_RAMP_SHAPE = flags.DEFINE_enum("eps_ramp_shape", "linear", ["linear", "smoothed"], "Shape of the eps ramp.")
+_CROWN_BETA_FINAL = flags.DEFINE_float("crown_beta_final", 0.0, "CROWN-IBP beta at the end of the ramp.",
+                                       lower_bound=0.0, upper_bound=1.0)
+# Optimisation.
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Examples per step.", lower_bound=1)
+_PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", 10, "Dense pre-training epochs.", lower_bound=0)
+_FINETUNE_EPOCHS = flags.DEFINE_integer("finetune_epochs", 5, "Fine-tuning epochs per pruning round.", lower_bound=1)
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Pre-training peak learning rate.", lower_bound=1e-8)
+_FINETUNE_LEARNING_RATE = flags.DEFINE_float("finetune_learning_rate", 5e-4, "Fine-tuning peak learning rate.",
+                                             lower_bound=1e-8)
+_LR_SCHEDULE = flags.DEFINE_enum("lr_schedule", "cosine", ["constant", "cosine", "step"], "Learning-rate decay.")
+_WARMUP_EPOCHS = flags.DEFINE_float("warmup_epochs", 0.0, "Learning-rate warm-up epochs.", lower_bound=0.0)
+_OPTIMIZER = flags.DEFINE_enum("optimizer", "adam", ["adam", "sgd"], "Optimizer.")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "L2 penalty on kernels.", lower_bound=0.0)
+# Pruning.
+_SPARSITY = flags.DEFINE_list("sparsity", ["0.9"], "Target sparsity, or a comma-separated sweep (0.5,0.9,0.99).")
+_PRUNE_SCHEDULE = flags.DEFINE_enum("prune_schedule", "polynomial", ["constant", "polynomial"],
+                                    "One-shot (constant) or gradual (polynomial) pruning.")
+_PRUNE_SCOPE = flags.DEFINE_enum("prune_scope", "layer", ["layer", "global"], "Per-layer or global magnitude.")
+_PRUNE_ROUNDS = flags.DEFINE_integer("prune_rounds", 1, "Prune/fine-tune rounds to the target.", lower_bound=1)
+_PRUNE_END_FRACTION = flags.DEFINE_float("prune_end_fraction", 0.5, "Part of fine-tuning over which sparsity ramps.",
+                                         lower_bound=0.01, upper_bound=1.0)
+_PRUNE_FREQUENCY = flags.DEFINE_integer("prune_frequency", 100, "Steps between mask updates.", lower_bound=1)
+_PRUNE_EXCLUDE = flags.DEFINE_list("prune_exclude", [], "Layer names kept dense (e.g. conv1,logits).")
+_PRUNE_M_BY_N = flags.DEFINE_string("prune_m_by_n", None, "Structured M:N sparsity, e.g. 2:4.")
+# Evaluation.
+_EVAL_EPS = flags.DEFINE_float("eval_eps", None, "Evaluation epsilon (default: --eps).", lower_bound=0.0,
+                               upper_bound=1.0)
+_EVAL_PGD_STEPS = flags.DEFINE_integer("eval_pgd_steps", 50, "PGD steps in evaluation.", lower_bound=1)
+_EVAL_PGD_RESTARTS = flags.DEFINE_integer("eval_pgd_restarts", 5, "PGD random restarts in evaluation.",
+                                          lower_bound=1)
+_EVAL_PGD_STEP_SIZE = flags.DEFINE_float("eval_pgd_step_size", 0.0, "PGD step size (0: 2.5 eps / steps).",
+                                         lower_bound=0.0)
+_EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 0, "Evaluate on the first N test examples (0: all).",
+                                      lower_bound=0)
+_EVAL_BATCH_SIZE = flags.DEFINE_integer("eval_batch_size", 500, "Evaluation batch size.", lower_bound=1)
+_VERIFIED = flags.DEFINE_boolean("verified", None, "Report IBP/CROWN verified accuracy (default: on for IBP runs).")
+
+
+def _floats(name, values):
+  try:
+    return tuple(float(v) for v in values)
+  except ValueError as error:
+    raise ValueError(f"--{name} takes comma-separated numbers, got {','.join(values)!r}.") from error
+
+
+def _ints(name, values, count):
+  try:
+    result = tuple(int(v) for v in values)
+  except ValueError as error:
+    raise ValueError(f"--{name} takes {count} comma-separated integers, got {','.join(values)!r}.") from error
+  if len(result) != count or min(result) < 1:
+    raise ValueError(f"--{name} takes {count} positive integers, got {','.join(values)!r}.")
+  return result
+
+
+def _m_by_n(value):
+  if not value:
+    return None
+  try:
+    m, n = (int(v) for v in value.split(":"))
+  except ValueError as error:
+    raise ValueError(f"--prune_m_by_n takes M:N such as 2:4, got {value!r}.") from error
+  return (m, n)
+
+
+def _steps_per_epoch():
+  """Optimizer steps per epoch, for turning epoch-valued ramp flags into steps (known before data is loaded only
+  for the fixed-size datasets; otherwise estimated from --max_train_examples or the synthetic size)."""
+  sizes = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}
+  train_size = sizes.get(_DATASET.value, int(_SYNTHETIC_EXAMPLES.value[0]))
+  if _MAX_TRAIN_EXAMPLES.value:
+    train_size = min(train_size, _MAX_TRAIN_EXAMPLES.value)
+  train_size = int(train_size * (1 - _VALIDATION_FRACTION.value))
+  return max(1, train_size // _BATCH_SIZE.value)
+
+
+def config_from_flags():
+  """Builds the `RunConfig` the flags describe (the only place that reads FLAGS)."""
+  # Imported here so that `--help` does not pay for TensorFlow.
+  from tfrobprune import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tfrobprune import evaluation, pruning, training  # pylint: disable=g-import-not-at-top
+  steps = _steps_per_epoch()
+  ramp = dict(eps_warmup_steps=int(_EPS_WARMUP_EPOCHS.value * steps), eps_ramp_steps=int(_EPS_RAMP_EPOCHS.value * steps),
+              eps_ramp_shape=_EPS_RAMP_SHAPE.value)
+  common = dict(eps=_EPS.value, norm=_NORM.value, pgd_steps=_PGD_STEPS.value, pgd_step_size=_PGD_STEP_SIZE.value,
+                robust_weight=_ROBUST_WEIGHT.value, trades_beta=_TRADES_BETA.value,
+                crown_beta_final=_CROWN_BETA_FINAL.value)
+
+  def objective(name, with_ramp):
+    if name == "natural":
+      return objectives.ObjectiveConfig(name="natural")
+    return objectives.ObjectiveConfig(name=name, **common, **(ramp if with_ramp else {}))
+
+  pretrain_name = _PRETRAIN_OBJECTIVE.value or _OBJECTIVE.value
+  finetune_name = _FINETUNE_OBJECTIVE.value or _OBJECTIVE.value
+  verified = _VERIFIED.value
+  if verified is None:
+    verified = "ibp" in (pretrain_name, finetune_name) or "crown_ibp" in (pretrain_name, finetune_name)
+  train_common = dict(batch_size=_BATCH_SIZE.value, lr_schedule=_LR_SCHEDULE.value,
+                      warmup_epochs=_WARMUP_EPOCHS.value, optimizer=_OPTIMIZER.value, weight_decay=_WEIGHT_DECAY.value)
+  sparsities = _floats("sparsity", _SPARSITY.value)
+  return config_lib.RunConfig(
+      data=config_lib.DataConfig(
+          dataset=_DATASET.value, data_dir=_DATA_DIR.value,
+          image_size=_ints("image_size", _IMAGE_SIZE.value, 2) if _IMAGE_SIZE.value else None,
+          validation_fraction=_VALIDATION_FRACTION.value, augment=_AUGMENT.value,
+          synthetic_examples=_ints("synthetic_examples", _SYNTHETIC_EXAMPLES.value, 2),
+          synthetic_shape=_ints("synthetic_shape", _SYNTHETIC_SHAPE.value, 3),
+          max_train_examples=_MAX_TRAIN_EXAMPLES.value),
+      model=_MODEL.value, seed=_SEED.value, deterministic=_DETERMINISTIC.value,
+      pretrain=training.TrainConfig(epochs=_PRETRAIN_EPOCHS.value, learning_rate=_LEARNING_RATE.value, **train_common),
+      pretrain_objective=objective(pretrain_name, with_ramp=True),
+      finetune=training.TrainConfig(epochs=_FINETUNE_EPOCHS.value, learning_rate=_FINETUNE_LEARNING_RATE.value,
+                                    **train_common),
+      finetune_objective=objective(finetune_name, with_ramp=False),
+      pruning=pruning.PruningConfig(target_sparsity=sparsities[-1], schedule=_PRUNE_SCHEDULE.value,
+                                    frequency=_PRUNE_FREQUENCY.value, scope=_PRUNE_SCOPE.value,
+                                    exclude_layers=tuple(_PRUNE_EXCLUDE.value), m_by_n=_m_by_n(_PRUNE_M_BY_N.value)),
+      sparsities=sparsities, prune_rounds=_PRUNE_ROUNDS.value, prune_end_fraction=_PRUNE_END_FRACTION.value,
+      evaluation=evaluation.EvalConfig(
+          eps=_EVAL_EPS.value if _EVAL_EPS.value is not None else _EPS.value, norm=_NORM.value,
+          pgd_steps=_EVAL_PGD_STEPS.value, pgd_restarts=_EVAL_PGD_RESTARTS.value,
+          pgd_step_size=_EVAL_PGD_STEP_SIZE.value, verified=verified, batch_size=_EVAL_BATCH_SIZE.value,
+          max_examples=_EVAL_EXAMPLES.value),
+      dense_checkpoint=_DENSE_CHECKPOINT.value, export=_EXPORT.value)
+
+
+def _fail(message):
+  print(f"tfrobprune: error: {message}", file=sys.stderr)
+  return 2
+
+
+def _train():
+  if not _OUTPUT_DIR.value:
+    return _fail("--output_dir is required for `train`.")
+  from tfrobprune import data as data_lib  # pylint: disable=g-import-not-at-top
+  from tfrobprune import pipeline  # pylint: disable=g-import-not-at-top
+  from tfrobprune import training  # pylint: disable=g-import-not-at-top
+  try:
+    config = config_from_flags()
+    report = pipeline.run(config, _OUTPUT_DIR.value, progress=_PROGRESS.value)
+  except (ValueError, data_lib.DataError, OSError, training.NonFiniteLossError) as error:
+    return _fail(str(error))
+  print()
+  print(open(f"{_OUTPUT_DIR.value}/report.md").read())
+  del report
+  return 0
+
+
+def main(argv):
+  commands = {"train": _train}
+  if len(argv) < 2 or argv[1] not in commands:
+    return _fail(f"usage: tfrobprune {{{'|'.join(commands)}}} [--flags]; got {' '.join(argv[1:]) or 'no command'}.")
+  if len(argv) > 2:
+    return _fail(f"unexpected arguments: {' '.join(argv[2:])}.")
+  return commands[argv[1]]()
+
+
+def run():
+  """Console-script entry point."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,139 @@
+"""Run reports: `report.json` (machine-readable), `report.md` (the dense-vs-pruned table) and PNG plots.
+
+Every file is written atomically (temporary file in the same directory, then `os.replace`), so a reader never sees
+half a report.
+"""
+
+import json
+import os
+import tempfile
+
+METRICS = (("benign_acc", "benign"), ("fgsm_acc", "fgsm"), ("pgd_acc", "pgd"), ("verified_acc", "verified"),
+           ("verified_acc_crown", "verified_crown"))
+
+
+def atomic_write(path, payload, mode="w"):
+  """Writes `payload` (str or bytes) to `path` via a temporary file and a rename.
+
+  Raises:
+    OSError: with the path in the message when the directory is missing, read-only or full.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+  try:
+    with os.fdopen(fd, mode) as handle:
+      handle.write(payload)
+      handle.flush()
+      os.fsync(handle.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def ratios(dense, pruned):
+  """pruned / dense for each accuracy both have (None where the dense accuracy is 0)."""
+  out = {}
+  for key, name in METRICS:
+    if key in dense and key in pruned:
+      out[name] = pruned[key] / dense[key] if dense[key] else None
+  return out
+
+
+def _percent(value):
+  return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _ratio(value):
+  return "-" if value is None else f"{value:.3f}"
+
+
+def markdown(report):
+  """The report as a Markdown document: the dense-vs-pruned table, the sparsity sweep, per-layer sparsity."""
+  dense, pruned, ratio = report["dense"], report["pruned"], report["ratios"]
+  cfg = report["config"]
+  lines = [
+      f"# tfrobprune report: {cfg['model']} on {cfg['data']['dataset']}",
+      "",
+      f"Pre-training objective `{cfg['pretrain_objective']['name']}`, fine-tuning objective "
+      f"`{cfg['finetune_objective']['name']}`, evaluation eps {cfg['evaluation']['eps']} "
+      f"({cfg['evaluation']['norm']}, PGD-{cfg['evaluation']['pgd_steps']} x {cfg['evaluation']['pgd_restarts']} "
+      f"restarts) on {dense['examples']} test examples.",
+      "",
+      "| model | sparsity | params (nonzero / total) | compression | " +
+      " | ".join(name for key, name in METRICS if key in dense) + " |",
+      "|---|---|---|---|" + "---|" * sum(key in dense for key, _ in METRICS),
+  ]
+  for label, row in (("dense", dense), ("pruned", pruned)):
+    lines.append(f"| {label} | {_percent(row.get('sparsity', 0.0))} | {row['nonzero_params']:,} / {row['params']:,} | "
+                 f"{row.get('compression', 1.0):.1f}x | " +
+                 " | ".join(_percent(row.get(key)) for key, _ in METRICS if key in dense) + " |")
+  lines.append("| ratio (pruned / dense) | | | | " +
+               " | ".join(_ratio(ratio.get(name)) for key, name in METRICS if key in dense) + " |")
+  if len(report.get("sweep", [])) > 1:
+    lines += ["", "## Sparsity sweep", "", "| sparsity | compression | " +
+              " | ".join(name for key, name in METRICS if key in dense) + " |",
+              "|---|---|" + "---|" * sum(key in dense for key, _ in METRICS)]
+    for row in report["sweep"]:
+      lines.append(f"| {_percent(row['sparsity'])} | {row['compression']:.1f}x | " +
+                   " | ".join(_percent(row.get(key)) for key, _ in METRICS if key in dense) + " |")
+  lines += ["", "## Per-layer sparsity (pruned model)", "", "| layer | sparsity |", "|---|---|"]
+  lines += [f"| {name} | {_percent(value)} |" for name, value in pruned.get("layer_sparsity", {}).items()]
+  if report.get("artifacts"):
+    lines += ["", "## Deployment artifacts", "", "| artifact | bytes | benign | pgd (Keras adv.) | agreement |",
+              "|---|---|---|---|---|"]
+    for name, row in report["artifacts"].items():
+      lines.append(f"| {name} | {row.get('bytes', 0):,} | {_percent(row.get('benign_acc'))} | "
+                   f"{_percent(row.get('pgd_acc'))} | {_percent(row.get('agreement'))} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(report, output_dir):
+  """Writes `sparsity_sweep.png` (accuracy vs sparsity, when several sparsities ran) and `layer_sparsity.png`.
+
+  Returns:
+    The list of written file names.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top  (plotting is optional and slow to import)
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  written = []
+  sweep = report.get("sweep", [])
+  if len(sweep) > 1:
+    figure, axes = pyplot.subplots(figsize=(6, 4))
+    sparsities = [row["sparsity"] for row in sweep]
+    for key, name in METRICS:
+      if key in sweep[0]:
+        axes.plot(sparsities, [row[key] for row in sweep], marker="o", label=name)
+        axes.axhline(report["dense"][key], linestyle=":", color=axes.lines[-1].get_color())
+    axes.set(xlabel="sparsity", ylabel="accuracy", title="accuracy vs sparsity (dotted: dense)")
+    axes.legend()
+    written.append(_save_figure(figure, os.path.join(output_dir, "sparsity_sweep.png")))
+  layers = report["pruned"].get("layer_sparsity", {})
+  if layers:
+    figure, axes = pyplot.subplots(figsize=(6, 0.4 * len(layers) + 1.5))
+    axes.barh(list(layers), list(layers.values()))
+    axes.set(xlim=(0, 1), xlabel="sparsity", title="per-layer sparsity of the pruned model")
+    axes.invert_yaxis()
+    written.append(_save_figure(figure, os.path.join(output_dir, "layer_sparsity.png")))
+  pyplot.close("all")
+  return [os.path.basename(path) for path in written]
+
+
+def _save_figure(figure, path):
+  import io  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  figure.tight_layout()
+  figure.savefig(buffer, format="png", dpi=100)
+  atomic_write(path, buffer.getvalue(), mode="wb")
+  return path
+
+
+def write_report(report, output_dir, plots=True):
+  """Writes report.json, report.md and (optionally) the plots into `output_dir`; returns the report."""
+  if plots:
+    report["plots"] = plot(report, output_dir)
+  atomic_write(os.path.join(output_dir, "report.json"), json.dumps(report, indent=2, sort_keys=True) + "\n")
+  atomic_write(os.path.join(output_dir, "report.md"), markdown(report))
+  return report

@@ -1,0 +1,212 @@
+"""The compiled custom training loop shared by pre-training and fine-tuning.
+
+One `tf.function` holds the whole step (attack or bounds, forward, backward, optimizer), traced once per input
+shape. The loop drives tfmot by hand when the model is wrapped for pruning (`pruning.PruningStepDriver`): step
+begin before each optimizer step, masks re-applied at each epoch end, so a model evaluated or stripped after
+`train` returns is sparse.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from tfrobprune.keras_compat import keras, tf
+
+LR_SCHEDULES = ("constant", "cosine", "step")
+OPTIMIZERS = ("adam", "sgd")
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or Inf; training stopped before applying the bad update."""
+
+  def __init__(self, step, metrics):
+    super().__init__(f"Training loss is not finite at step {step} ({metrics}); stopped before applying the update. "
+                     "Lower the learning rate or epsilon, or check the data for NaN.")
+    self.step = step
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimisation settings of one phase (pre-training or fine-tuning).
+
+  Attributes:
+    epochs: passes over the training set.
+    batch_size: examples per optimizer step.
+    learning_rate: peak learning rate.
+    lr_schedule: 'constant'; 'cosine' (decay to 0 over the phase); or 'step' (x0.1 at 50% and 75% of the phase).
+    warmup_epochs: linear learning-rate warm-up at the start of the phase (fractional epochs allowed).
+    optimizer: 'adam' or 'sgd' (momentum 0.9, Nesterov).
+    weight_decay: L2 penalty on kernels added to the loss (0 disables).
+  """
+  epochs: int = 1
+  batch_size: int = 128
+  learning_rate: float = 1e-3
+  lr_schedule: str = "constant"
+  warmup_epochs: float = 0.0
+  optimizer: str = "adam"
+  weight_decay: float = 0.0
+
+  def __post_init__(self):
+    if self.epochs < 0:
+      raise ValueError(f"epochs must be >= 0, got {self.epochs}.")
+    if self.batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+    if not self.learning_rate > 0:
+      raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+    if self.lr_schedule not in LR_SCHEDULES:
+      raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
+    if self.optimizer not in OPTIMIZERS:
+      raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
+    if self.warmup_epochs < 0 or self.weight_decay < 0:
+      raise ValueError(f"warmup_epochs and weight_decay must be >= 0, got {self.warmup_epochs}, {self.weight_decay}.")
+
+  def to_dict(self):
+    return dataclasses.asdict(self)
+
+
+class _PhaseLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+  """Warm-up then constant / cosine / step decay over one phase of `total_steps` optimizer steps."""
+
+  def __init__(self, peak, total_steps, warmup_steps, kind):
+    super().__init__()
+    self.peak, self.total_steps, self.warmup_steps, self.kind = peak, max(total_steps, 1), warmup_steps, kind
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.float32)
+    progress = tf.clip_by_value(step / self.total_steps, 0.0, 1.0)
+    if self.kind == "cosine":
+      rate = 0.5 * self.peak * (1.0 + tf.cos(math.pi * progress))
+    elif self.kind == "step":
+      rate = self.peak * tf.where(progress < 0.5, 1.0, tf.where(progress < 0.75, 0.1, 0.01))
+    else:
+      rate = tf.constant(self.peak, tf.float32)
+    if self.warmup_steps > 0:
+      rate = rate * tf.minimum(1.0, (step + 1.0) / self.warmup_steps)
+    return rate
+
+  def get_config(self):
+    return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "kind": self.kind}
+
+
+def learning_rate_schedule(config, steps_per_epoch):
+  """The phase's learning rate as a function of its optimizer step."""
+  return _PhaseLearningRate(config.learning_rate, config.epochs * steps_per_epoch,
+                            int(config.warmup_epochs * steps_per_epoch), config.lr_schedule)
+
+
+def make_optimizer(config, steps_per_epoch):
+  """A Keras 2 optimizer with the phase's learning-rate schedule."""
+  learning_rate = learning_rate_schedule(config, steps_per_epoch)
+  if config.optimizer == "sgd":
+    return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
+  return keras.optimizers.Adam(learning_rate)
+
+
+def _weight_decay_loss(model, weight_decay):
+  if not weight_decay:
+    return 0.0
+  kernels = [v for v in model.trainable_variables if "kernel" in v.name]
+  return weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
+
+
+class Trainer:
+  """Owns the compiled step of one phase: a model, an objective, an optimizer and the global schedule step.
+
+  Args:
+    model: the Keras model (possibly tfmot-wrapped) to train.
+    objective: an `objectives.Objective`.
+    optimizer: a Keras 2 optimizer (see `make_optimizer`).
+    weight_decay: L2 coefficient on kernels.
+    schedule_step: int64 variable counting optimizer steps across phases (drives epsilon/kappa ramps); a new one
+      starting at 0 if None.
+  """
+
+  def __init__(self, model, objective, optimizer, weight_decay=0.0, schedule_step=None):
+    self.model, self.objective, self.optimizer = model, objective, optimizer
+    self.weight_decay = weight_decay
+    self.schedule_step = schedule_step if schedule_step is not None else tf.Variable(0, dtype=tf.int64,
+                                                                                     trainable=False)
+    # Slots are created up front: variables cannot be created inside the tf.cond that guards the update.
+    self.optimizer.build(model.trainable_variables)
+    self.train_step = tf.function(self._train_step)
+
+  def _train_step(self, x, y):
+    with tf.GradientTape() as tape:
+      loss, metrics = self.objective(self.model, x, y, self.schedule_step)
+      total = loss + _weight_decay_loss(self.model, self.weight_decay)
+      if self.model.losses:
+        total += tf.add_n(self.model.losses)
+    variables = self.model.trainable_variables
+    gradients = tape.gradient(total, variables)
+    finite = tf.math.is_finite(total)
+    # A non-finite loss must not reach the weights: the update is skipped and the caller stops the run.
+    gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
+    def apply_update():
+      self.optimizer.apply_gradients(zip(gradients, variables))
+      return tf.constant(True)
+
+    tf.cond(finite, apply_update, lambda: tf.constant(False))
+    self.schedule_step.assign_add(1)
+    metrics = dict(metrics, finite=tf.cast(finite, tf.float32))
+    return metrics
+
+
+def train(trainer, dataset, epochs, *, pruning_driver=None, summary_writer=None, progress=True, epoch_end_fn=None,
+          start_epoch=0, phase="train"):
+  """Runs `epochs - start_epoch` epochs of `trainer` over `dataset`.
+
+  Args:
+    trainer: a `Trainer`.
+    dataset: a finite `tf.data.Dataset` of (images, labels) batches; one pass is one epoch.
+    epochs: the phase's number of epochs.
+    pruning_driver: a `pruning.PruningStepDriver` if the model is wrapped for pruning.
+    summary_writer: a `tf.summary` writer for per-epoch scalars (prefixed by `phase`), or None.
+    progress: show a Keras progress bar per epoch.
+    epoch_end_fn: called as `epoch_end_fn(epoch, metrics)` after each epoch (checkpoints, validation).
+    start_epoch: first epoch to run (resuming).
+    phase: name used in logs and summaries ('pretrain', 'finetune', ...).
+
+  Returns:
+    A list with one dict of mean metrics per epoch run.
+
+  Raises:
+    NonFiniteLossError: the loss became NaN or Inf (the bad update was not applied).
+  """
+  history = []
+  steps_per_epoch = int(dataset.cardinality())
+  if pruning_driver is not None:
+    pruning_driver.on_train_begin()
+  for epoch in range(start_epoch, epochs):
+    bar = keras.utils.Progbar(steps_per_epoch if steps_per_epoch > 0 else None,
+                              verbose=1 if progress else 0, unit_name="step")
+    sums, count = {}, 0
+    print(f"[{phase}] epoch {epoch + 1}/{epochs}", flush=True) if progress else None
+    for step_in_epoch, (x, y) in enumerate(dataset):
+      if pruning_driver is not None:
+        pruning_driver.on_step_begin(step_in_epoch)
+      metrics = {k: float(v) for k, v in trainer.train_step(x, y).items()}
+      if not metrics.pop("finite"):
+        raise NonFiniteLossError(int(trainer.schedule_step.numpy()) - 1, metrics)
+      for key, value in metrics.items():
+        sums[key] = sums.get(key, 0.0) + value
+      count += 1
+      bar.update(step_in_epoch + 1, values=[(k, v) for k, v in metrics.items() if k != "eps"])
+    if pruning_driver is not None:
+      pruning_driver.on_epoch_end(epoch)
+    means = {key: value / max(count, 1) for key, value in sums.items()}
+    if epoch_end_fn is not None:
+      means.update(epoch_end_fn(epoch, means) or {})
+    _write_summaries(summary_writer, phase, epoch, means)
+    history.append(dict(means, epoch=epoch + 1))
+  return history
+
+
+def _write_summaries(writer, phase, epoch, metrics):
+  if writer is None:
+    return
+  with writer.as_default():
+    for key, value in metrics.items():
+      if np.isscalar(value):
+        tf.summary.scalar(f"{phase}/{key}", value, step=epoch + 1)
+  writer.flush()
