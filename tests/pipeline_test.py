@@ -5,12 +5,16 @@ import os
 
 from absl.testing import absltest
 
+from tfrobprune import checkpointing
 from tfrobprune import config
 from tfrobprune import evaluation
 from tfrobprune import objectives
 from tfrobprune import pipeline
 from tfrobprune import pruning
 from tfrobprune import training
+
+
+_QUIET = pipeline.RunOptions(progress=False, log=lambda line: None)
 
 
 def _config(**overrides):
@@ -34,7 +38,7 @@ class PipelineTest(absltest.TestCase):
 
   def testRunWritesAValidReportWithAPrunedModelAtTargetSparsity(self):
     output_dir = self.create_tempdir().full_path
-    result = pipeline.run(_config(), output_dir, progress=False, log=lambda line: None)
+    result = pipeline.run(_config(), output_dir, _QUIET)
     with open(os.path.join(output_dir, "report.json")) as handle:
       report = json.load(handle)
     self.assertEqual(report["config"]["model"], "cnn_small")
@@ -54,17 +58,42 @@ class PipelineTest(absltest.TestCase):
 
   def testDenseCheckpointSkipsPretraining(self):
     first = self.create_tempdir().full_path
-    pipeline.run(_config(), first, progress=False, log=lambda line: None)
-    checkpoint = os.path.join(first, "checkpoints", "dense", "weights")
+    pipeline.run(_config(), first, _QUIET)
+    checkpoint = os.path.join(first, "models", "dense.keras")
     second = self.create_tempdir().full_path
-    report = pipeline.run(_config(dense_checkpoint=checkpoint), second, progress=False, log=lambda line: None)
+    report = pipeline.run(_config(dense_checkpoint=checkpoint), second, _QUIET)
     self.assertEqual(report["history"]["pretrain"], [])
     first_report = json.load(open(os.path.join(first, "report.json")))
     self.assertAlmostEqual(report["dense"]["benign_acc"], first_report["dense"]["benign_acc"])
 
+  def testRerunResumesFinishedPartsAndRefusesOtherSettings(self):
+    output_dir = self.create_tempdir().full_path
+    first = pipeline.run(_config(), output_dir, _QUIET)
+    lines = []
+    second = pipeline.run(_config(), output_dir, pipeline.RunOptions(progress=False, log=lines.append))
+    self.assertIn("Resuming", lines[0])
+    self.assertEqual(first, second)
+    with self.assertRaisesRegex(checkpointing.ConfigMismatchError, r"different settings \(seed\)"):
+      pipeline.run(_config(seed=1), output_dir, _QUIET)
+    third = pipeline.run(_config(seed=1), output_dir, pipeline.RunOptions(progress=False, log=lines.append,
+                                                                         overwrite=True))
+    self.assertEqual(third["config"]["seed"], 1)
+
+  def testInterruptedPhaseResumesToTheSameReportAsAnUninterruptedRun(self):
+    config = _config(deterministic=True)
+    reference = pipeline.run(config, self.create_tempdir().full_path, _QUIET)
+    output_dir = self.create_tempdir().full_path
+    polls = []
+    stop_in_finetune = pipeline.RunOptions(progress=False, log=lambda line: None, checkpoint_every_steps=3,
+                                           should_stop=lambda: polls.append(1) or len(polls) == 30)
+    with self.assertRaises(training.TrainingInterrupted):
+      pipeline.run(config, output_dir, stop_in_finetune)
+    resumed = pipeline.run(config, output_dir, _QUIET)
+    self.assertEqual(resumed, reference)
+
   def testUnwritableOutputDirectoryIsNamed(self):
     with self.assertRaisesRegex(OSError, "/proc/nope"):
-      pipeline.run(_config(), "/proc/nope", progress=False, log=lambda line: None)
+      pipeline.run(_config(), "/proc/nope", _QUIET)
 
 
 if __name__ == "__main__":

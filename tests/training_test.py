@@ -3,6 +3,7 @@
 from absl.testing import absltest
 import numpy as np
 
+from tfrobprune import checkpointing
 from tfrobprune import models
 from tfrobprune import objectives
 from tfrobprune import training
@@ -29,7 +30,7 @@ class TrainTest(tf.test.TestCase):
 
   def testNaturalTrainingLearnsAndTracesOnce(self):
     trainer = _trainer(epochs=6)
-    history = training.train(trainer, _dataset(), 6, progress=False)
+    history = training.train(trainer, lambda epoch: _dataset(), 6, progress=False)
     self.assertLen(history, 6)
     self.assertLess(history[-1]["loss"], history[0]["loss"])
     self.assertGreater(history[-1]["natural_acc"], 0.9)
@@ -37,13 +38,13 @@ class TrainTest(tf.test.TestCase):
 
   def testPgdTrainingTracesOnceAcrossEpochsAndEpsilonRamp(self):
     trainer = _trainer("pgd", eps=0.05, pgd_steps=3, eps_ramp_steps=12)
-    history = training.train(trainer, _dataset(), 3, progress=False)
+    history = training.train(trainer, lambda epoch: _dataset(), 3, progress=False)
     self.assertEqual(trainer.train_step.experimental_get_tracing_count(), 1)
     self.assertAllClose(history[-1]["eps"], 0.05 * np.mean(np.minimum(np.arange(16, 24) / 12, 1.0)), atol=1e-6)
 
   def testScheduleStepCountsOptimizerSteps(self):
     trainer = _trainer(epochs=2)
-    training.train(trainer, _dataset(), 2, progress=False)
+    training.train(trainer, lambda epoch: _dataset(), 2, progress=False)
     self.assertEqual(int(trainer.schedule_step.numpy()), 16)
     self.assertEqual(int(trainer.optimizer.iterations.numpy()), 16)
 
@@ -52,7 +53,7 @@ class TrainTest(tf.test.TestCase):
     bad = _dataset().map(lambda x, y: (x * np.nan, y))
     before = [w.copy() for w in trainer.model.get_weights()]
     with self.assertRaisesRegex(training.NonFiniteLossError, "not finite at step 0"):
-      training.train(trainer, bad, 1, progress=False)
+      training.train(trainer, lambda epoch: bad, 1, progress=False)
     for old, new in zip(before, trainer.model.get_weights()):
       self.assertAllEqual(old, new)
 
@@ -60,15 +61,37 @@ class TrainTest(tf.test.TestCase):
     trainer = _trainer(epochs=1)
     log_dir = self.create_tempdir().full_path
     writer = tf.summary.create_file_writer(log_dir)
-    history = training.train(trainer, _dataset(), 1, progress=False, summary_writer=writer,
+    history = training.train(trainer, lambda epoch: _dataset(), 1, progress=False, summary_writer=writer,
                              epoch_end_fn=lambda epoch, metrics: {"val_acc": 0.5}, phase="pretrain")
     self.assertEqual(history[0]["val_acc"], 0.5)
     self.assertNotEmpty(tf.io.gfile.glob(f"{log_dir}/events.out.tfevents*"))
 
-  def testResumesFromStartEpoch(self):
-    trainer = _trainer(epochs=3)
-    history = training.train(trainer, _dataset(), 3, progress=False, start_epoch=2)
-    self.assertEqual([h["epoch"] for h in history], [3])
+  def testStopCheckpointsAndResumeMatchesAnUninterruptedRun(self):
+    uninterrupted = _trainer("pgd", eps=0.05, pgd_steps=2, epochs=2)
+    training.train(uninterrupted, lambda epoch: _dataset(seed=epoch), 2, progress=False)
+
+    directory = self.create_tempdir().full_path
+    first = _trainer("pgd", eps=0.05, pgd_steps=2, epochs=2)
+    calls = []
+    with self.assertRaisesRegex(training.TrainingInterrupted, "epoch 1, after step 5"):
+      training.train(first, lambda epoch: _dataset(seed=epoch), 2, progress=False,
+                     checkpointer=checkpointing.PhaseCheckpointer(directory, first),
+                     should_stop=lambda: calls.append(1) or len(calls) == 5)
+    resumed = _trainer("pgd", eps=0.05, pgd_steps=2, epochs=2)
+    history = training.train(resumed, lambda epoch: _dataset(seed=epoch), 2, progress=False,
+                             checkpointer=checkpointing.PhaseCheckpointer(directory, resumed))
+    self.assertEqual([h["epoch"] for h in history], [1, 2])
+    self.assertEqual(int(resumed.schedule_step.numpy()), 16)
+    for expected, actual in zip(uninterrupted.model.get_weights(), resumed.model.get_weights()):
+      self.assertAllClose(expected, actual, atol=1e-6)
+
+  def testPeriodicCheckpointsRotate(self):
+    directory = self.create_tempdir().full_path
+    trainer = _trainer(epochs=2)
+    checkpointer = checkpointing.PhaseCheckpointer(directory, trainer, every_steps=3, max_to_keep=2)
+    training.train(trainer, lambda epoch: _dataset(), 2, progress=False, checkpointer=checkpointer)
+    self.assertLen(checkpointer.manager.checkpoints, 2)
+    self.assertEqual(checkpointer.restore_latest()[:2], (2, 0))
 
 
 class LearningRateTest(tf.test.TestCase):

@@ -8,7 +8,9 @@ One pure function per attack, cleverhans style. Differences from calling cleverh
 - epsilon and step size may be tensors (an epsilon ramp-up inside one compiled training step does not retrace):
   cleverhans' `projected_gradient_descent` asserts `eps_iter <= eps` in Python, which a tensor cannot answer, so
   `pgd` runs the same loop from cleverhans' own pieces (`random_lp_vector`, `fast_gradient_method`, `clip_eta`);
-- `norm` is a name ('linf' or 'l2') checked up front.
+- `norm` is a name ('linf' or 'l2') checked up front;
+- the random start can be seeded statelessly (`seed`, a pair of ints): the same seed gives the same start in a fresh
+  process, which is what makes a killed and resumed run bit-identical to an uninterrupted one.
 """
 
 import numpy as np
@@ -33,6 +35,34 @@ def _norm_order(norm):
   if norm not in NORMS:
     raise ValueError(f"norm must be one of {sorted(NORMS)}, got {norm!r}.")
   return NORMS[norm]
+
+
+def random_start(shape, norm, eps, seed=None, dtype=tf.float32):
+  """A uniform sample of the `norm` ball of radius `eps` (cleverhans' `random_lp_vector`, optionally stateless).
+
+  Args:
+    shape: batch shape of the sample, batch first.
+    norm: 'linf' or 'l2'.
+    eps: radius (scalar tensor or float).
+    seed: None for TensorFlow's stateful RNG, or a shape-[2] integer seed for `tf.random.stateless_*`.
+    dtype: sample dtype.
+
+  Returns:
+    A tensor of `shape`.
+  """
+  order = _norm_order(norm)
+  if seed is None:
+    return random_lp_vector(shape, order, tf.cast(eps, dtype), dtype=dtype)
+  seed = tf.cast(seed, tf.int64)
+  eps = tf.cast(eps, dtype)
+  if order == np.inf:
+    return tf.random.stateless_uniform(shape, seed, -1.0, 1.0, dtype=dtype) * eps
+  # Uniform in the L2 ball: a Gaussian direction scaled by w^(1/d), w ~ U[0, 1] (Calafiore et al. 1998).
+  direction_seed, radius_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  flat = tf.random.stateless_normal(tf.stack([shape[0], tf.reduce_prod(shape[1:])]), direction_seed, dtype=dtype)
+  dim = tf.cast(tf.shape(flat)[1], dtype)
+  radius = tf.pow(tf.random.stateless_uniform(tf.stack([shape[0], 1]), radius_seed, dtype=dtype), 1.0 / dim)
+  return eps * tf.reshape(radius * flat / tf.norm(flat, axis=1, keepdims=True), shape)
 
 
 def _check_budget(eps, eps_iter=None, nb_iter=None):
@@ -67,7 +97,7 @@ def fgsm(model_fn, x, y, eps, norm="linf", clip_min=0.0, clip_max=1.0):
 
 
 def pgd(model_fn, x, y, eps, eps_iter, nb_iter, norm="linf", rand_init=True, clip_min=0.0, clip_max=1.0,
-        loss_fn=None):
+        loss_fn=None, seed=None):
   """Projected gradient descent (Madry et al. 2018) with cleverhans' TF2 implementation.
 
   Args:
@@ -83,6 +113,7 @@ def pgd(model_fn, x, y, eps, eps_iter, nb_iter, norm="linf", rand_init=True, cli
     clip_max: largest valid pixel value.
     loss_fn: `loss_fn(labels=y, logits=...)` to ascend; per-example cross-entropy by default. TRADES passes the
       clean logits as `y` and a KL divergence here.
+    seed: optional shape-[2] integer seed of the random start (see `random_start`).
 
   Returns:
     Adversarial images within `eps` of `x` (in `norm`) and within [clip_min, clip_max].
@@ -95,7 +126,7 @@ def pgd(model_fn, x, y, eps, eps_iter, nb_iter, norm="linf", rand_init=True, cli
   order = _norm_order(norm)
   eps = tf.cast(eps, x.dtype)
   eps_iter = tf.minimum(tf.cast(eps_iter, x.dtype), eps)
-  eta = random_lp_vector(tf.shape(x), order, eps, dtype=x.dtype) if rand_init else tf.zeros_like(x)
+  eta = random_start(tf.shape(x), norm, eps, seed, x.dtype) if rand_init else tf.zeros_like(x)
   x_adv = tf.clip_by_value(x + clip_eta(eta, order, eps), clip_min, clip_max)
   for _ in range(nb_iter):
     x_adv = fast_gradient_method(model_fn, x_adv, eps_iter, order, loss_fn=loss_fn or _cross_entropy,
@@ -105,12 +136,14 @@ def pgd(model_fn, x, y, eps, eps_iter, nb_iter, norm="linf", rand_init=True, cli
   return x_adv
 
 
-def pgd_with_restarts(model_fn, x, y, eps, eps_iter, nb_iter, restarts=1, norm="linf", clip_min=0.0, clip_max=1.0):
+def pgd_with_restarts(model_fn, x, y, eps, eps_iter, nb_iter, restarts=1, norm="linf", clip_min=0.0, clip_max=1.0,
+                      seed=None):
   """PGD from several random starts; per example keeps the first start that fools the model.
 
   Args:
     model_fn, x, y, eps, eps_iter, nb_iter, norm, clip_min, clip_max: as in `pgd`.
     restarts: number of random starts (>= 1).
+    seed: optional shape-[2] integer seed; restart r uses `seed + [0, r]`.
 
   Returns:
     (x_adv, robust) where `robust` is a boolean vector: the model classifies every tried start correctly.
@@ -120,9 +153,10 @@ def pgd_with_restarts(model_fn, x, y, eps, eps_iter, nb_iter, restarts=1, norm="
   y = tf.cast(y, tf.int64)
   x_adv = x
   robust = tf.equal(tf.argmax(model_fn(x), axis=1), y)
-  for _ in range(restarts):
+  for restart in range(restarts):
+    restart_seed = None if seed is None else tf.cast(seed, tf.int64) + tf.constant([0, restart], tf.int64)
     candidate = pgd(model_fn, x, y, eps, eps_iter, nb_iter, norm=norm, rand_init=True, clip_min=clip_min,
-                    clip_max=clip_max)
+                    clip_max=clip_max, seed=restart_seed)
     fooled = tf.not_equal(tf.argmax(model_fn(candidate), axis=1), y)
     newly_fooled = tf.logical_and(robust, fooled)
     x_adv = tf.where(tf.reshape(newly_fooled, [-1] + [1] * (len(x.shape) - 1)), candidate, x_adv)

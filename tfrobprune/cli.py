@@ -7,6 +7,8 @@ combinations are validated by the config dataclasses, whose errors are reported 
 Nothing below `main` reads FLAGS.
 """
 
+import os
+import signal
 import sys
 
 from absl import app
@@ -24,6 +26,10 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed (data order, initialisation
 _DETERMINISTIC = flags.DEFINE_boolean("deterministic", False, "TensorFlow op determinism: bit-identical reruns.")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show per-epoch progress bars.")
 _EXPORT = flags.DEFINE_boolean("export", True, "Export the pruned model (SavedModel, TFLite) at the end.")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Discard an earlier run in --output_dir instead of resuming.")
+_CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", 200, "Checkpoint every N steps (0: epoch ends).",
+                                         lower_bound=0)
+_KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept per phase.", lower_bound=1)
 # Data.
 _DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", data.DATASET_NAMES, "Dataset.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder (default: the dataset's standard location).")
@@ -188,20 +194,51 @@ def _fail(message):
   return 2
 
 
+class _StopRequest:
+  """SIGINT/SIGTERM set a flag that the training loop polls after each step (then it checkpoints and stops)."""
+
+  def __init__(self):
+    self.signal_name = None
+
+  def install(self):
+    for signum in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(signum, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal_name is not None:  # a second signal: stop at once
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+    print(f"\n{self.signal_name} received: finishing the current step and writing a checkpoint "
+          "(send it again to stop at once).", file=sys.stderr, flush=True)
+
+  def __call__(self):
+    return self.signal_name is not None
+
+
 def _train():
   if not _OUTPUT_DIR.value:
     return _fail("--output_dir is required for `train`.")
+  from tfrobprune import checkpointing  # pylint: disable=g-import-not-at-top  (keeps --help fast)
   from tfrobprune import data as data_lib  # pylint: disable=g-import-not-at-top
   from tfrobprune import pipeline  # pylint: disable=g-import-not-at-top
   from tfrobprune import training  # pylint: disable=g-import-not-at-top
+  stop = _StopRequest()
+  stop.install()
+  options = pipeline.RunOptions(progress=_PROGRESS.value, checkpoint_every_steps=_CHECKPOINT_EVERY.value,
+                                keep_checkpoints=_KEEP_CHECKPOINTS.value, overwrite=_OVERWRITE.value,
+                                should_stop=stop)
   try:
-    config = config_from_flags()
-    report = pipeline.run(config, _OUTPUT_DIR.value, progress=_PROGRESS.value)
-  except (ValueError, data_lib.DataError, OSError, training.NonFiniteLossError) as error:
+    pipeline.run(config_from_flags(), _OUTPUT_DIR.value, options)
+  except training.TrainingInterrupted as error:
+    print(f"tfrobprune: {error}", file=sys.stderr)
+    return 130 if stop.signal_name == "SIGINT" else 143
+  except (ValueError, data_lib.DataError, OSError, training.NonFiniteLossError,
+          checkpointing.ConfigMismatchError) as error:
     return _fail(str(error))
   print()
-  print(open(f"{_OUTPUT_DIR.value}/report.md").read())
-  del report
+  with open(os.path.join(_OUTPUT_DIR.value, "report.md")) as handle:
+    print(handle.read())
   return 0
 
 

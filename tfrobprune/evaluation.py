@@ -66,9 +66,9 @@ def _batches(x, y, batch_size):
 class _CompiledEval:
   """The per-batch evaluation functions of one model, compiled once."""
 
-  def __init__(self, model, config, num_classes):
+  def __init__(self, model, config, num_classes, seed):
     self.model_fn = attacks.inference_fn(model)
-    self.model, self.config, self.num_classes = model, config, num_classes
+    self.model, self.config, self.num_classes, self.seed = model, config, num_classes, seed
     self.benign = tf.function(self._benign)
     self.fgsm = tf.function(self._fgsm)
     self.pgd = tf.function(self._pgd)
@@ -83,13 +83,14 @@ class _CompiledEval:
     x_adv = attacks.fgsm(self.model_fn, x, y, self.config.eps, norm=self.config.norm)
     return self._correct(x_adv, y)
 
-  def _pgd(self, x, y):
+  def _pgd(self, x, y, batch_index):
     cfg = self.config
+    seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(batch_index, tf.int64) * cfg.pgd_restarts])
     return attacks.pgd_with_restarts(self.model_fn, x, y, cfg.eps, cfg.step_size, cfg.pgd_steps,
-                                     restarts=cfg.pgd_restarts, norm=cfg.norm)
+                                     restarts=cfg.pgd_restarts, norm=cfg.norm, seed=seed)
 
 
-def evaluate_model(model, x, y, config, num_classes, return_adversarial=False):
+def evaluate_model(model, x, y, config, num_classes, return_adversarial=False, seed=0):
   """Accuracy of `model` on (x, y) under the attacks and bounds that `config` asks for.
 
   Args:
@@ -99,6 +100,7 @@ def evaluate_model(model, x, y, config, num_classes, return_adversarial=False):
     config: an `EvalConfig`.
     num_classes: number of classes.
     return_adversarial: also return the PGD adversarial examples (the artifacts are checked on them).
+    seed: seed of the attacks' random starts (stateless: the same seed gives the same figures).
 
   Returns:
     A dict with `examples`, `benign_acc`, `pgd_acc`, optionally `fgsm_acc`, `verified_acc`, `verified_acc_crown`;
@@ -107,15 +109,15 @@ def evaluate_model(model, x, y, config, num_classes, return_adversarial=False):
   if config.max_examples:
     x, y = x[:config.max_examples], y[:config.max_examples]
   y = np.asarray(y, np.int64)
-  compiled = _CompiledEval(model, config, num_classes)
+  compiled = _CompiledEval(model, config, num_classes, seed)
   counts = {"benign_acc": 0, "pgd_acc": 0}
   if config.fgsm:
     counts["fgsm_acc"] = 0
   adversarial = []
-  for xb, yb in _batches(x, y, config.batch_size):
+  for batch_index, (xb, yb) in enumerate(_batches(x, y, config.batch_size)):
     xb, yb = tf.constant(xb), tf.constant(yb)
     counts["benign_acc"] += int(tf.reduce_sum(tf.cast(compiled.benign(xb, yb), tf.int32)))
-    x_adv, robust = compiled.pgd(xb, yb)
+    x_adv, robust = compiled.pgd(xb, yb, tf.constant(batch_index, tf.int64))
     counts["pgd_acc"] += int(tf.reduce_sum(tf.cast(robust, tf.int32)))
     if config.fgsm:
       counts["fgsm_acc"] += int(tf.reduce_sum(tf.cast(compiled.fgsm(xb, yb), tf.int32)))

@@ -101,12 +101,22 @@ def _kl_from_logits(labels, logits):
 
 
 class Objective:
-  """Base class: `objective(model, x, y, step) -> (loss, metrics)`, both scalars / dict of scalars."""
+  """Base class: `objective(model, x, y, step) -> (loss, metrics)`, both scalars / dict of scalars.
 
-  def __init__(self, config):
+  Args:
+    config: the ObjectiveConfig.
+    seed: run seed; attack starts are drawn statelessly from (seed, step), so a resumed run repeats them exactly.
+  """
+
+  def __init__(self, config, seed=0):
     self.config = config
+    self.seed = seed
     self.epsilon = config.epsilon_schedule()
     self._inference_fns = {}
+
+  def attack_seed(self, step):
+    """The stateless seed of the attack at `step`."""
+    return tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
 
   def inference_fn(self, model):
     """The attack's model function, built once per model so that cleverhans' inner tf.function is not retraced."""
@@ -135,7 +145,7 @@ class PGDObjective(Objective):
     cfg = self.config
     eps = self.epsilon(step)
     x_adv = attacks.pgd(self.inference_fn(model), x, y, eps, cfg.step_size * eps / cfg.eps, cfg.pgd_steps,
-                        norm=cfg.norm, rand_init=cfg.rand_init)
+                        norm=cfg.norm, rand_init=cfg.rand_init, seed=self.attack_seed(step))
     x_adv = tf.stop_gradient(x_adv)
     if cfg.robust_weight == 1:
       adv_logits = model(x_adv, training=True)
@@ -158,7 +168,7 @@ class TradesObjective(Objective):
     model_fn = self.inference_fn(model)
     clean_logits = tf.stop_gradient(model_fn(x))
     x_adv = attacks.pgd(model_fn, x, clean_logits, eps, cfg.step_size * eps / cfg.eps, cfg.pgd_steps,
-                        norm=cfg.norm, rand_init=True, loss_fn=_kl_from_logits)
+                        norm=cfg.norm, rand_init=True, loss_fn=_kl_from_logits, seed=self.attack_seed(step))
     x_adv = tf.stop_gradient(x_adv)
     logits, adv_logits = tf.split(model(tf.concat([x, x_adv], axis=0), training=True), 2)
     natural_loss = _cross_entropy(y, logits)
@@ -175,8 +185,8 @@ class IBPObjective(Objective):
   `crown_ibp`, the margins mix CROWN-IBP and IBP with beta going from 1 to `crown_beta_final` (Zhang et al. 2020).
   """
 
-  def __init__(self, config, num_classes):
-    super().__init__(config)
+  def __init__(self, config, num_classes, seed=0):
+    super().__init__(config, seed)
     self.num_classes = num_classes
     ramp = (config.eps_warmup_steps, config.eps_ramp_steps, config.eps_ramp_shape)
     self.kappa = schedules.Ramp(1.0, 1.0 - config.robust_weight, *ramp)
@@ -202,16 +212,17 @@ class IBPObjective(Objective):
                   "natural_acc": _accuracy(y, logits), "verified_acc": verified, "eps": eps, "kappa": kappa}
 
 
-def make_objective(config, num_classes):
+def make_objective(config, num_classes, seed=0):
   """Builds the objective named by `config.name`.
 
   Args:
     config: an ObjectiveConfig.
     num_classes: number of classes (the margin specification of the bound objectives needs it).
+    seed: run seed for the attacks' random starts.
 
   Returns:
     An `Objective`.
   """
   if config.name in ("ibp", "crown_ibp"):
-    return IBPObjective(config, num_classes)
-  return {"natural": NaturalObjective, "pgd": PGDObjective, "trades": TradesObjective}[config.name](config)
+    return IBPObjective(config, num_classes, seed)
+  return {"natural": NaturalObjective, "pgd": PGDObjective, "trades": TradesObjective}[config.name](config, seed)

@@ -1,16 +1,19 @@
-"""One library call for a whole run: pre-train -> prune -> fine-tune -> evaluate -> (export) -> report.
+"""One library call for a whole run: pre-train -> prune -> fine-tune -> evaluate -> export -> report.
 
 `run(config, output_dir)` is what the CLI calls; nothing here reads flags. The two rules of Sehwag et al. (2019) are
 visible in the phases: pre-training and fine-tuning each take an objective from the same interface (set both to the
 robust one for the method, or pre-train naturally for the paper's ablation), while pruning itself only looks at
 weight magnitudes.
+
+Every finished part (a phase, an evaluation, the export) is recorded in OUTPUT_DIR/progress.json with its results,
+and its model is saved; a phase in progress is checkpointed. Rerunning the same command resumes where it stopped.
 """
 
 import dataclasses
-import json
 import os
-import time
+import zlib
 
+from tfrobprune import checkpointing
 from tfrobprune import data
 from tfrobprune import evaluation
 from tfrobprune import models
@@ -21,17 +24,42 @@ from tfrobprune import training
 from tfrobprune.keras_compat import keras, tf
 
 
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """How a run behaves, as opposed to what it computes (none of these change the results).
+
+  Attributes:
+    progress: show per-epoch progress bars.
+    checkpoint_every_steps: save a checkpoint every N optimizer steps (0: at epoch ends only).
+    keep_checkpoints: checkpoints kept per phase.
+    overwrite: discard an earlier run in the output directory instead of resuming it.
+    should_stop: polled after every step; True checkpoints the phase and stops (SIGINT/SIGTERM handling).
+    log: a function taking one line of progress text.
+  """
+  progress: bool = True
+  checkpoint_every_steps: int = 200
+  keep_checkpoints: int = 3
+  overwrite: bool = False
+  should_stop: object = None
+  log: object = print
+
+
 @dataclasses.dataclass
 class _RunContext:
-  """What every phase of one run shares."""
+  """What every part of one run shares."""
   config: object
+  options: RunOptions
   output_dir: str
-  dataset: object
-  train_data: tf.data.Dataset
+  dataset: data.ArrayDataset
   validation: tuple
+  progress: checkpointing.RunProgress
   summary_writer: object
-  progress: bool
-  log: object
+
+  def log(self, line):
+    self.options.log(line)
+
+  def path(self, *parts):
+    return os.path.join(self.output_dir, *parts)
 
 
 def prepare_output_dir(output_dir):
@@ -43,7 +71,7 @@ def prepare_output_dir(output_dir):
       handle.write("ok")
     os.remove(probe)
   except OSError as error:
-    raise OSError(f"Output directory {output_dir!r} is not writable: {error.strerror}.") from error
+    raise OSError(f"Output directory {output_dir!r} is not writable: {error.strerror or error}.") from error
 
 
 def set_seed(seed, deterministic):
@@ -64,13 +92,21 @@ def _load_data(config):
   return data.split_validation(dataset, cfg.validation_fraction, config.seed)
 
 
-def _train_dataset(dataset, config, batch_size):
-  return data.make_tf_dataset(dataset.x_train, dataset.y_train, batch_size, shuffle=True, seed=config.seed,
-                              augment=config.data.augment, drop_remainder=True)
+def _epoch_seed(seed, phase, epoch):
+  """A data-order seed that depends only on (run seed, phase, epoch): resumed epochs see the same batches."""
+  return zlib.crc32(f"{seed}/{phase}/{epoch}".encode())
+
+
+def _dataset_fn(ctx, batch_size, phase):
+  def dataset_for_epoch(epoch):
+    return data.make_tf_dataset(ctx.dataset.x_train, ctx.dataset.y_train, batch_size, shuffle=True,
+                                seed=_epoch_seed(ctx.config.seed, phase, epoch), augment=ctx.config.data.augment,
+                                drop_remainder=True)
+  return dataset_for_epoch
 
 
 def _validation_fn(model, validation, batch_size):
-  """Per-epoch benign validation accuracy (cheap; the full robust evaluation runs once per phase)."""
+  """Per-epoch benign validation accuracy (cheap; the full robust evaluation runs once per model)."""
   x_val, y_val = validation
   if len(x_val) == 0:
     return None
@@ -85,50 +121,89 @@ def _validation_fn(model, validation, batch_size):
   return epoch_end
 
 
-def _run_phase(ctx, model, train_config, objective_config, phase, pruning_driver=None):
-  """Trains `model` for one phase with its own optimizer; returns the per-epoch history."""
-  dataset = _train_dataset(ctx.dataset, ctx.config, train_config.batch_size)
-  if int(dataset.cardinality()) < 1:
+def _steps_per_epoch(ctx, train_config):
+  steps = len(ctx.dataset.x_train) // train_config.batch_size
+  if steps < 1:
     raise ValueError(f"The training set ({len(ctx.dataset.x_train)} examples) is smaller than one batch "
-                     f"({train_config.batch_size}); lower the batch size.")
-  objective = objectives.make_objective(objective_config, ctx.dataset.num_classes)
-  optimizer = training.make_optimizer(train_config, int(dataset.cardinality()))
-  trainer = training.Trainer(model, objective, optimizer, weight_decay=train_config.weight_decay)
-  ctx.log(f"[{phase}] {train_config.epochs} epochs, objective {objective_config.name}")
-  return training.train(trainer, dataset, train_config.epochs, pruning_driver=pruning_driver,
-                        summary_writer=ctx.summary_writer, progress=ctx.progress, phase=phase,
+                     f"({train_config.batch_size}); lower --batch_size.")
+  return steps
+
+
+def _run_phase(ctx, model, train_config, objective_config, phase, pruning_driver=None):
+  """Trains `model` for one phase (own optimizer, checkpoints under checkpoints/<phase>); returns its history."""
+  steps = _steps_per_epoch(ctx, train_config)
+  objective = objectives.make_objective(objective_config, ctx.dataset.num_classes, seed=ctx.config.seed)
+  trainer = training.Trainer(model, objective, training.make_optimizer(train_config, steps),
+                             weight_decay=train_config.weight_decay)
+  checkpointer = checkpointing.PhaseCheckpointer(ctx.path("checkpoints", phase), trainer,
+                                                 every_steps=ctx.options.checkpoint_every_steps,
+                                                 max_to_keep=ctx.options.keep_checkpoints)
+  ctx.log(f"[{phase}] {train_config.epochs} epochs x {steps} steps, objective {objective_config.name}")
+  return training.train(trainer, _dataset_fn(ctx, train_config.batch_size, phase), train_config.epochs,
+                        pruning_driver=pruning_driver, summary_writer=ctx.summary_writer,
+                        progress=ctx.options.progress, phase=phase, checkpointer=checkpointer,
+                        should_stop=ctx.options.should_stop,
                         epoch_end_fn=_validation_fn(model, ctx.validation, train_config.batch_size))
 
 
-def _save_weights(model, directory):
-  """Saves model weights into `directory` atomically (written beside it, then renamed)."""
-  tmp = directory + ".tmp"
-  if os.path.exists(tmp):
-    tf.io.gfile.rmtree(tmp)
-  model.save_weights(os.path.join(tmp, "weights"))
-  if os.path.exists(directory):
-    tf.io.gfile.rmtree(directory)
-  os.replace(tmp, directory)
-  return os.path.join(directory, "weights")
+def _model_path(ctx, name):
+  return ctx.path("models", f"{name}.keras")
+
+
+def save_model(model, path):
+  """Saves a Keras model (`.keras` format) atomically: written beside `path`, then renamed."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
+  model.save(tmp)
+  os.replace(tmp, path)
+  return path
+
+
+def load_model(path):
+  """Loads a model saved by `save_model` with Keras' safe mode (no arbitrary code from the file)."""
+  try:
+    return keras.models.load_model(path, custom_objects={"Standardize": models.Standardize}, safe_mode=True,
+                                   compile=False)
+  except (OSError, ValueError) as error:
+    raise ValueError(f"Cannot load model {path!r}: {error}") from error
+
+
+def _new_dense_model(ctx):
+  cfg, dataset = ctx.config, ctx.dataset
+  return models.build_model(cfg.model, dataset.input_shape, dataset.num_classes, dataset.mean, dataset.std,
+                            seed=cfg.seed)
 
 
 def _dense_model(ctx):
-  """Builds the dense model and pre-trains it, or restores it from `config.dense_checkpoint`."""
-  config, dataset = ctx.config, ctx.dataset
-  model = models.build_model(config.model, dataset.input_shape, dataset.num_classes, dataset.mean, dataset.std,
-                             seed=config.seed)
+  """The dense model: restored (a finished phase or `dense_checkpoint`) or pre-trained; with its history."""
+  config = ctx.config
+  finished = ctx.progress.get("pretrain")
+  if finished is not None:
+    ctx.log("[pretrain] finished earlier; loading the dense model.")
+    return load_model(_model_path(ctx, "dense")), finished["history"]
+  model = _new_dense_model(ctx)
+  history = []
   if config.dense_checkpoint:
     ctx.log(f"Restoring the dense model from {config.dense_checkpoint}; pre-training skipped.")
-    try:
-      model.load_weights(config.dense_checkpoint).expect_partial()
-    except (tf.errors.NotFoundError, ValueError) as error:
-      raise ValueError(f"Cannot restore dense checkpoint {config.dense_checkpoint!r} into {config.model}: "
-                       f"{error}") from error
-    return model, []
-  history = _run_phase(ctx, model, config.pretrain, config.pretrain_objective, "pretrain")
-  path = _save_weights(model, os.path.join(ctx.output_dir, "checkpoints", "dense"))
-  ctx.log(f"Dense checkpoint: {path}")
+    _restore_weights(model, config.dense_checkpoint)
+  else:
+    history = _run_phase(ctx, model, config.pretrain, config.pretrain_objective, "pretrain")
+  save_model(model, _model_path(ctx, "dense"))
+  ctx.progress.complete("pretrain", {"history": history})
   return model, history
+
+
+def _restore_weights(model, path):
+  if path.endswith(".keras"):
+    source = load_model(path)
+    if [w.shape for w in source.weights] != [w.shape for w in model.weights]:
+      raise ValueError(f"Dense checkpoint {path!r} does not fit model {model.name}: different weight shapes.")
+    model.set_weights(source.get_weights())
+    return
+  try:
+    model.load_weights(path).expect_partial()
+  except (tf.errors.OpError, ValueError) as error:
+    raise ValueError(f"Cannot restore dense checkpoint {path!r} into {model.name}: {error}") from error
 
 
 def _round_pruning_config(base, target, ramp_steps):
@@ -142,62 +217,74 @@ def _round_pruning_config(base, target, ramp_steps):
 def _prune_and_finetune(ctx, dense_model, sparsity):
   """Prunes a copy of the dense model to `sparsity` in `prune_rounds` prune/fine-tune rounds; returns it stripped."""
   config = ctx.config
-  steps = config.finetune.epochs * (len(ctx.dataset.x_train) // config.finetune.batch_size)
+  steps = config.finetune.epochs * _steps_per_epoch(ctx, config.finetune)
   current, history = dense_model, []
   for round_index, target in enumerate(pruning.iterative_targets(sparsity, config.prune_rounds)):
+    phase = f"finetune_s{sparsity:g}" + (f"_r{round_index + 1}" if config.prune_rounds > 1 else "")
+    finished = ctx.progress.get(phase)
+    if finished is not None:
+      ctx.log(f"[{phase}] finished earlier; loading its model.")
+      current, history = load_model(_model_path(ctx, phase)), history + finished["history"]
+      continue
     prune_config = _round_pruning_config(config.pruning, target, int(config.prune_end_fraction * steps))
     wrapped = pruning.prune_model(current, prune_config)
-    log_dir = os.path.join(ctx.output_dir, "tensorboard", f"pruning_s{sparsity:g}_r{round_index + 1}")
-    driver = pruning.PruningStepDriver(wrapped, log_dir=log_dir)
-    phase = f"finetune_s{sparsity:g}" + (f"_r{round_index + 1}" if config.prune_rounds > 1 else "")
-    history += _run_phase(ctx, wrapped, config.finetune, config.finetune_objective, phase, pruning_driver=driver)
+    driver = pruning.PruningStepDriver(wrapped, log_dir=ctx.path("tensorboard", f"pruning_{phase}"))
+    round_history = _run_phase(ctx, wrapped, config.finetune, config.finetune_objective, phase, driver)
     driver.finalize()
     current = pruning.strip(wrapped)
+    save_model(current, _model_path(ctx, phase))
+    ctx.progress.complete(phase, {"history": round_history})
+    history += round_history
   return current, history
 
 
-def _model_summary(model):
+def _evaluate(ctx, model, name):
+  """Evaluates `model` once (recorded in the progress file); returns (results, adversarial examples or None)."""
+  finished = ctx.progress.get(f"evaluate_{name}")
+  if finished is not None:
+    return finished, None
+  results, x_adv = evaluation.evaluate_model(model, ctx.dataset.x_test, ctx.dataset.y_test, ctx.config.evaluation,
+                                             ctx.dataset.num_classes, return_adversarial=True, seed=ctx.config.seed)
   counts = pruning.parameter_counts(model)
-  return {"params": counts["params"], "nonzero_params": counts["nonzero_params"], "sparsity": counts["sparsity"],
-          "compression": counts["compression"], "layer_sparsity": pruning.layer_sparsity(model)}
+  results.update(params=counts["params"], nonzero_params=counts["nonzero_params"], sparsity=counts["sparsity"],
+                 compression=counts["compression"], layer_sparsity=pruning.layer_sparsity(model))
+  ctx.log(f"[evaluate {name}] " + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith("_acc")))
+  ctx.progress.complete(f"evaluate_{name}", results)
+  return results, x_adv
 
 
-def _evaluate(ctx, model, label):
-  started = time.time()
-  results = evaluation.evaluate_model(model, ctx.dataset.x_test, ctx.dataset.y_test, ctx.config.evaluation,
-                                      ctx.dataset.num_classes)
-  results.update(_model_summary(model))
-  ctx.log(f"[evaluate {label}] " + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith("_acc")) +
-          f" ({time.time() - started:.0f} s)")
-  return results
-
-
-def run(config, output_dir, progress=True, log=print):
-  """Runs the whole pipeline for `config` and writes the report into `output_dir`.
+def run(config, output_dir, options=RunOptions()):
+  """Runs (or resumes) the whole pipeline for `config` and writes the report into `output_dir`.
 
   Args:
     config: a `config.RunConfig`.
-    output_dir: where report.json, report.md, plots, TensorBoard logs, checkpoints and exports go.
-    progress: show per-epoch progress bars.
-    log: a function taking one line of progress text.
+    output_dir: where report.json, report.md, plots, TensorBoard logs, checkpoints, models and exports go.
+    options: a `RunOptions`.
 
   Returns:
     The report (the dict written to report.json).
+
+  Raises:
+    checkpointing.ConfigMismatchError: `output_dir` holds a run with other settings (see `options.overwrite`).
+    training.NonFiniteLossError, training.TrainingInterrupted: the run stopped; its checkpoints remain.
   """
-  started = time.time()
   prepare_output_dir(output_dir)
   set_seed(config.seed, config.deterministic)
   dataset, validation = _load_data(config)
-  ctx = _RunContext(config, output_dir, dataset, None, validation,
-                    tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard")), progress, log)
-  log(f"Data: {dataset.name}, {len(dataset.x_train)} train / {len(validation[0])} validation / "
-      f"{len(dataset.x_test)} test examples of shape {dataset.input_shape}, {dataset.num_classes} classes.")
+  progress = checkpointing.RunProgress(output_dir, config, overwrite=options.overwrite)
+  ctx = _RunContext(config, options, output_dir, dataset, validation, progress,
+                    tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard")))
+  if progress.resumed:
+    ctx.log(f"Resuming the run in {output_dir} (finished: {', '.join(progress.state['completed'])}).")
+  ctx.log(f"Data: {dataset.name}, {len(dataset.x_train)} train / {len(validation[0])} validation / "
+          f"{len(dataset.x_test)} test examples of shape {dataset.input_shape}, {dataset.num_classes} classes.")
   dense_model, pretrain_history = _dense_model(ctx)
-  dense = _evaluate(ctx, dense_model, "dense")
-  sweep, finetune_history, pruned_model = [], {}, None
+  dense, _ = _evaluate(ctx, dense_model, "dense")
+  sweep, finetune_history = [], {}
   for sparsity in config.sparsities:
     pruned_model, finetune_history[f"{sparsity:g}"] = _prune_and_finetune(ctx, dense_model, sparsity)
-    sweep.append(dict(_evaluate(ctx, pruned_model, f"sparsity {sparsity:g}"), target_sparsity=sparsity))
+    results, x_adv = _evaluate(ctx, pruned_model, f"s{sparsity:g}")
+    sweep.append(dict(results, target_sparsity=sparsity))
   report = {
       "config": config.to_dict(),
       "dataset": {"name": dataset.name, "train": len(dataset.x_train), "validation": len(validation[0]),
@@ -210,17 +297,25 @@ def run(config, output_dir, progress=True, log=print):
       "history": {"pretrain": pretrain_history, "finetune": finetune_history},
   }
   if config.export:
-    report["artifacts"] = _export(ctx, pruned_model, report)
-  report["seconds"] = round(time.time() - started, 1)
+    report["artifacts"] = _export(ctx, dense_model, pruned_model, x_adv)
   report_lib.write_report(report, output_dir)
-  log(f"Report: {os.path.join(output_dir, 'report.md')} ({report['seconds']:.0f} s)")
+  ctx.log(f"Report: {os.path.join(output_dir, 'report.md')}")
   return report
 
 
-def _export(ctx, model, report):
-  """Exports the pruned model when the export module is available; returns the artifacts section."""
-  try:
-    from tfrobprune import export  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return {}
-  return export.export_all(model, ctx, report)
+def _export(ctx, dense_model, pruned_model, x_adv):
+  """Exports the last pruned model and verifies every artifact (recorded, so a resumed run does not redo it)."""
+  finished = ctx.progress.get("export")
+  if finished is not None:
+    return finished
+  if x_adv is None:  # evaluated in an earlier process: find the adversarial examples again (same seed, same set)
+    _, x_adv = evaluation.evaluate_model(pruned_model, ctx.dataset.x_test, ctx.dataset.y_test,
+                                         ctx.config.evaluation, ctx.dataset.num_classes, return_adversarial=True,
+                                         seed=ctx.config.seed)
+  from tfrobprune import export  # pylint: disable=g-import-not-at-top  # TODO(lead): top-level once export lands
+  artifacts = export.export_run(pruned_model, ctx.output_dir, dataset=ctx.dataset, x_adv=x_adv,
+                                evaluation_config=ctx.config.evaluation, dense_model=dense_model,
+                                model_name=ctx.config.model, source_run=ctx.output_dir,
+                                sparsity=ctx.config.sparsities[-1])
+  ctx.progress.complete("export", artifacts)
+  return artifacts

@@ -152,46 +152,66 @@ class Trainer:
     return metrics
 
 
-def train(trainer, dataset, epochs, *, pruning_driver=None, summary_writer=None, progress=True, epoch_end_fn=None,
-          start_epoch=0, phase="train"):
-  """Runs `epochs - start_epoch` epochs of `trainer` over `dataset`.
+class TrainingInterrupted(RuntimeError):
+  """A stop was requested (SIGINT/SIGTERM); the phase was checkpointed after the current step."""
+
+
+def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=None, progress=True, epoch_end_fn=None,
+          phase="train", checkpointer=None, should_stop=None):
+  """Runs a phase of `epochs` epochs, resuming from `checkpointer`'s latest checkpoint if it has one.
 
   Args:
     trainer: a `Trainer`.
-    dataset: a finite `tf.data.Dataset` of (images, labels) batches; one pass is one epoch.
+    dataset_fn: `dataset_fn(epoch)` returns that epoch's finite dataset of (images, labels) batches, in an order
+      that depends only on the epoch (so a resumed epoch can skip the batches already trained on).
     epochs: the phase's number of epochs.
     pruning_driver: a `pruning.PruningStepDriver` if the model is wrapped for pruning.
     summary_writer: a `tf.summary` writer for per-epoch scalars (prefixed by `phase`), or None.
     progress: show a Keras progress bar per epoch.
-    epoch_end_fn: called as `epoch_end_fn(epoch, metrics)` after each epoch (checkpoints, validation).
-    start_epoch: first epoch to run (resuming).
-    phase: name used in logs and summaries ('pretrain', 'finetune', ...).
+    epoch_end_fn: called as `epoch_end_fn(epoch, metrics)` after each epoch; may return extra metrics.
+    phase: name used in logs and summaries ('pretrain', 'finetune_s0.9', ...).
+    checkpointer: a `checkpointing.PhaseCheckpointer`; saves every N steps and at each epoch end.
+    should_stop: a function polled after every step; when it returns True the phase is checkpointed and
+      `TrainingInterrupted` is raised.
 
   Returns:
-    A list with one dict of mean metrics per epoch run.
+    A list with one dict of mean metrics per epoch of the phase (resumed epochs included).
 
   Raises:
-    NonFiniteLossError: the loss became NaN or Inf (the bad update was not applied).
+    NonFiniteLossError: the loss became NaN or Inf (the bad update was not applied; the last checkpoint stays).
+    TrainingInterrupted: `should_stop` returned True.
   """
-  history = []
-  steps_per_epoch = int(dataset.cardinality())
+  restored = checkpointer.restore_latest() if checkpointer is not None else None
+  start_epoch, start_step, state = restored or (0, 0, {})
+  history, sums, count = state.get("history", []), state.get("sums", {}), state.get("count", 0)
+  if restored and progress:
+    print(f"[{phase}] resuming at epoch {start_epoch + 1}, step {start_step}", flush=True)
   if pruning_driver is not None:
     pruning_driver.on_train_begin()
   for epoch in range(start_epoch, epochs):
-    bar = keras.utils.Progbar(steps_per_epoch if steps_per_epoch > 0 else None,
-                              verbose=1 if progress else 0, unit_name="step")
-    sums, count = {}, 0
-    print(f"[{phase}] epoch {epoch + 1}/{epochs}", flush=True) if progress else None
-    for step_in_epoch, (x, y) in enumerate(dataset):
+    skip = start_step if epoch == start_epoch else 0
+    dataset = dataset_fn(epoch)
+    steps_per_epoch = int(dataset.cardinality())
+    bar = keras.utils.Progbar(steps_per_epoch if steps_per_epoch > 0 else None, verbose=1 if progress else 0,
+                              unit_name="step")
+    if progress:
+      print(f"[{phase}] epoch {epoch + 1}/{epochs}", flush=True)
+    for step_in_epoch, (x, y) in enumerate(dataset.skip(skip), start=skip):
       if pruning_driver is not None:
         pruning_driver.on_step_begin(step_in_epoch)
-      metrics = {k: float(v) for k, v in trainer.train_step(x, y).items()}
+      metrics = {key: float(value) for key, value in trainer.train_step(x, y).items()}
       if not metrics.pop("finite"):
         raise NonFiniteLossError(int(trainer.schedule_step.numpy()) - 1, metrics)
       for key, value in metrics.items():
         sums[key] = sums.get(key, 0.0) + value
       count += 1
       bar.update(step_in_epoch + 1, values=[(k, v) for k, v in metrics.items() if k != "eps"])
+      stop = should_stop is not None and should_stop()
+      if checkpointer is not None and (stop or _due(checkpointer, trainer)):
+        checkpointer.save(epoch, step_in_epoch + 1, {"history": history, "sums": sums, "count": count})
+      if stop:
+        raise TrainingInterrupted(f"Stopped in {phase}, epoch {epoch + 1}, after step {step_in_epoch + 1}; "
+                                  "checkpoint written: rerun the same command to resume.")
     if pruning_driver is not None:
       pruning_driver.on_epoch_end(epoch)
     means = {key: value / max(count, 1) for key, value in sums.items()}
@@ -199,7 +219,15 @@ def train(trainer, dataset, epochs, *, pruning_driver=None, summary_writer=None,
       means.update(epoch_end_fn(epoch, means) or {})
     _write_summaries(summary_writer, phase, epoch, means)
     history.append(dict(means, epoch=epoch + 1))
+    sums, count = {}, 0
+    if checkpointer is not None:
+      checkpointer.save(epoch + 1, 0, {"history": history, "sums": sums, "count": count})
   return history
+
+
+def _due(checkpointer, trainer):
+  every = checkpointer.every_steps
+  return bool(every) and int(trainer.schedule_step.numpy()) % every == 0
 
 
 def _write_summaries(writer, phase, epoch, metrics):
