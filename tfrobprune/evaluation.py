@@ -22,7 +22,7 @@ class EvalConfig:
     norm: 'linf' or 'l2'.
     pgd_steps: PGD steps.
     pgd_restarts: random starts; an example counts as robust only if every start fails.
-    pgd_step_size: step size; 0 means 2.5 * eps / pgd_steps.
+    pgd_step_size: step size; 0 means min(eps, 2.5 * eps / pgd_steps).
     fgsm: also report FGSM accuracy.
     verified: also report IBP and CROWN verified accuracy (L-inf only).
     batch_size: examples per evaluation batch.
@@ -52,7 +52,7 @@ class EvalConfig:
 
   @property
   def step_size(self):
-    return self.pgd_step_size or 2.5 * self.eps / self.pgd_steps
+    return self.pgd_step_size or min(self.eps, 2.5 * self.eps / self.pgd_steps)
 
   def to_dict(self):
     return dataclasses.asdict(self)

@@ -76,8 +76,8 @@ class ObjectiveConfig:
 
   @property
   def step_size(self):
-    """The attack step size at the final epsilon: the configured one, or 2.5 eps / steps (Madry et al.)."""
-    return self.pgd_step_size or 2.5 * self.eps / self.pgd_steps
+    """The attack step size at the final epsilon: the configured one, or min(eps, 2.5 eps / steps) (Madry et al.)."""
+    return self.pgd_step_size or min(self.eps, 2.5 * self.eps / self.pgd_steps)
 
   def epsilon_schedule(self):
     return schedules.Ramp(0.0, self.eps, self.eps_warmup_steps, self.eps_ramp_steps, self.eps_ramp_shape)

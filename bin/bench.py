@@ -1,0 +1,49 @@
+"""bin/bench: the performance figures of the performance issue, measured in one process, printed and saved as JSON.
+
+    bin/bench --output=bench.json [--model=cnn_small --batch_size=128 --pgd_steps=10]
+
+Also a Bazel py_binary (//:bench).
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tfrobprune import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tfrobprune import report  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_OUTPUT = flags.DEFINE_string("output", "bench.json", "Where to write the figures (JSON).")
+_MODEL = flags.DEFINE_string("model", "cnn_small", "Main model.")
+_EXTRA_MODELS = flags.DEFINE_list("extra_models", ["cnn_medium"], "Models of the model-size table.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["32", "64", "128", "256"], "Batch sizes of the batch-size table.")
+_PGD_STEPS = flags.DEFINE_integer("pgd_steps", 10, "k of PGD-k.", lower_bound=1)
+_STEPS = flags.DEFINE_integer("steps", 10, "Steps per timed run.", lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs; the median is reported.", lower_bound=1)
+_RSS_FLAGFILE = flags.DEFINE_string("rss_flagfile", "configs/smoke_synthetic.cfg",
+                                    "Training run whose peak RSS is measured ('' to skip).")
+
+
+def main(argv):
+  del argv
+  config = benchmark.BenchConfig(model=_MODEL.value, batch_size=_BATCH_SIZE.value, pgd_steps=_PGD_STEPS.value,
+                                 steps=_STEPS.value, repeats=_REPEATS.value,
+                                 extra_models=tuple(_EXTRA_MODELS.value),
+                                 batch_sizes=tuple(int(b) for b in _BATCH_SIZES.value))
+  figures = benchmark.run_benchmark(config)
+  if _RSS_FLAGFILE.value:
+    with tempfile.TemporaryDirectory() as output_dir:
+      figures["peak_rss"] = benchmark.peak_rss_of_run(_RSS_FLAGFILE.value, output_dir, ("--noexport",))
+  print(benchmark.format_table(figures))
+  report.atomic_write(os.path.abspath(_OUTPUT.value), json.dumps(figures, indent=2, sort_keys=True) + "\n")
+  print(f"Wrote {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
