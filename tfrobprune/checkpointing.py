@@ -98,6 +98,7 @@ class RunProgress:
     self.path = os.path.join(output_dir, PROGRESS_FILE)
     self.config_dict = json.loads(config.to_json())  # as it reads back from progress.json (lists, not tuples)
     self.state = {"config": self.config_dict, "completed": {}}
+    self.resumed = False
     if os.path.exists(self.path):
       if overwrite:
         clear_run(output_dir)
@@ -118,10 +119,7 @@ class RunProgress:
           f"{self.output_dir} holds a run with different settings ({', '.join(differing)}); use another "
           "--output_dir, or --overwrite to discard it.")
     self.state["completed"] = previous.get("completed", {})
-
-  @property
-  def resumed(self):
-    return bool(self.state["completed"])
+    self.resumed = True
 
   def get(self, name):
     """The recorded result of part `name`, or None if it has not finished."""

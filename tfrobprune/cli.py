@@ -100,6 +100,17 @@ _EVAL_BATCH_SIZE = flags.DEFINE_integer("eval_batch_size", 500, "Evaluation batc
 _VERIFIED = flags.DEFINE_boolean("verified", None, "Report IBP/CROWN verified accuracy (default: on for IBP runs).")
 
 
+def _valid_sparsities(values):
+  try:
+    return all(0 <= float(v) < 1 for v in values)
+  except ValueError:
+    return False
+
+
+flags.register_validator("sparsity", _valid_sparsities,
+                         message="--sparsity takes comma-separated numbers in [0, 1), e.g. 0.9 or 0.5,0.9,0.99.")
+
+
 def _floats(name, values):
   try:
     return tuple(float(v) for v in values)

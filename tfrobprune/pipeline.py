@@ -13,15 +13,22 @@ import dataclasses
 import os
 import zlib
 
+import numpy as np
+
 from tfrobprune import checkpointing
 from tfrobprune import data
 from tfrobprune import evaluation
+from tfrobprune import export
 from tfrobprune import models
 from tfrobprune import objectives
 from tfrobprune import pruning
 from tfrobprune import report as report_lib
 from tfrobprune import training
 from tfrobprune.keras_compat import keras, tf
+
+
+# Training images the full-integer TFLite converter calibrates activations on.
+_REPRESENTATIVE_IMAGES = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +221,14 @@ def _round_pruning_config(base, target, ramp_steps):
   return dataclasses.replace(base, target_sparsity=target, begin_step=0, end_step=end_step, frequency=frequency)
 
 
+def _check_pruning_config(ctx):
+  """Fails before any training if the pruning settings cannot apply to the model (e.g. 2:4 on a 1-channel conv)."""
+  steps = ctx.config.finetune.epochs * _steps_per_epoch(ctx, ctx.config.finetune)
+  for sparsity in ctx.config.sparsities:
+    prune_config = _round_pruning_config(ctx.config.pruning, sparsity, int(ctx.config.prune_end_fraction * steps))
+    pruning.prune_model(_new_dense_model(ctx), prune_config)
+
+
 def _prune_and_finetune(ctx, dense_model, sparsity):
   """Prunes a copy of the dense model to `sparsity` in `prune_rounds` prune/fine-tune rounds; returns it stripped."""
   config = ctx.config
@@ -275,9 +290,10 @@ def run(config, output_dir, options=RunOptions()):
   ctx = _RunContext(config, options, output_dir, dataset, validation, progress,
                     tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard")))
   if progress.resumed:
-    ctx.log(f"Resuming the run in {output_dir} (finished: {', '.join(progress.state['completed'])}).")
+    ctx.log(f"Resuming the run in {output_dir} (finished: {', '.join(progress.state['completed']) or 'nothing'}).")
   ctx.log(f"Data: {dataset.name}, {len(dataset.x_train)} train / {len(validation[0])} validation / "
           f"{len(dataset.x_test)} test examples of shape {dataset.input_shape}, {dataset.num_classes} classes.")
+  _check_pruning_config(ctx)
   dense_model, pretrain_history = _dense_model(ctx)
   dense, _ = _evaluate(ctx, dense_model, "dense")
   sweep, finetune_history = [], {}
@@ -308,14 +324,17 @@ def _export(ctx, dense_model, pruned_model, x_adv):
   finished = ctx.progress.get("export")
   if finished is not None:
     return finished
-  if x_adv is None:  # evaluated in an earlier process: find the adversarial examples again (same seed, same set)
-    _, x_adv = evaluation.evaluate_model(pruned_model, ctx.dataset.x_test, ctx.dataset.y_test,
-                                         ctx.config.evaluation, ctx.dataset.num_classes, return_adversarial=True,
-                                         seed=ctx.config.seed)
-  from tfrobprune import export  # pylint: disable=g-import-not-at-top  # TODO(lead): top-level once export lands
-  artifacts = export.export_run(pruned_model, ctx.output_dir, dataset=ctx.dataset, x_adv=x_adv,
-                                evaluation_config=ctx.config.evaluation, dense_model=dense_model,
-                                model_name=ctx.config.model, source_run=ctx.output_dir,
-                                sparsity=ctx.config.sparsities[-1])
+  x_test, y_test, eval_config = ctx.dataset.x_test, ctx.dataset.y_test, ctx.config.evaluation
+  if eval_config.max_examples:
+    x_test, y_test = x_test[:eval_config.max_examples], y_test[:eval_config.max_examples]
+  if x_adv is None:  # evaluated in an earlier process: the same seed finds the same adversarial examples again
+    _, x_adv = evaluation.evaluate_model(pruned_model, x_test, y_test, eval_config, ctx.dataset.num_classes,
+                                         return_adversarial=True, seed=ctx.config.seed)
+  keras_predictions = np.argmax(pruned_model.predict(x_test, batch_size=eval_config.batch_size, verbose=0), axis=1)
+  ctx.log("[export] SavedModel and TFLite artifacts, each loaded back and re-measured")
+  artifacts = export.export_all(
+      pruned_model, ctx.output_dir, model_name=ctx.config.model, x_test=x_test, y_test=y_test, x_adv=x_adv,
+      keras_predictions=keras_predictions, representative_images=ctx.dataset.x_train[:_REPRESENTATIVE_IMAGES],
+      source_run=os.path.abspath(ctx.output_dir), sparsity=ctx.config.sparsities[-1], dense_model=dense_model)
   ctx.progress.complete("export", artifacts)
   return artifacts

@@ -12,6 +12,12 @@ METRICS = (("benign_acc", "benign"), ("fgsm_acc", "fgsm"), ("pgd_acc", "pgd"), (
            ("verified_acc_crown", "verified_crown"))
 
 
+def _umask():
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def atomic_write(path, payload, mode="w"):
   """Writes `payload` (str or bytes) to `path` via a temporary file and a rename.
 
@@ -21,6 +27,7 @@ def atomic_write(path, payload, mode="w"):
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
   try:
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; a report is as readable as any other output
     with os.fdopen(fd, mode) as handle:
       handle.write(payload)
       handle.flush()

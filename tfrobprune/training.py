@@ -184,8 +184,8 @@ def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=No
   restored = checkpointer.restore_latest() if checkpointer is not None else None
   start_epoch, start_step, state = restored or (0, 0, {})
   history, sums, count = state.get("history", []), state.get("sums", {}), state.get("count", 0)
-  if restored and progress:
-    print(f"[{phase}] resuming at epoch {start_epoch + 1}, step {start_step}", flush=True)
+  if restored:
+    print(f"[{phase}] resuming from its checkpoint at epoch {start_epoch + 1}, step {start_step}", flush=True)
   if pruning_driver is not None:
     pruning_driver.on_train_begin()
   for epoch in range(start_epoch, epochs):

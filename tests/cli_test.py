@@ -1,0 +1,144 @@
+"""Tests for tfrobprune.cli: flags -> config, one-line errors for bad input, signals, kill -9 and resume.
+
+The command runs in child processes, as a user runs it.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from absl.testing import absltest
+from absl.testing import flagsaver
+
+from tfrobprune import cli
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TINY = ["--dataset=synthetic", "--synthetic_examples=256,64", "--synthetic_shape=12,12,1", "--model=cnn_small",
+         "--pgd_steps=2", "--batch_size=32", "--pretrain_epochs=2", "--finetune_epochs=2", "--eval_pgd_steps=3",
+         "--eval_pgd_restarts=1", "--noexport", "--noprogress", "--deterministic", "--checkpoint_every_steps=2"]
+
+
+def _command(*flags):
+  return [sys.executable, "-m", "tfrobprune.cli", "train", *flags]
+
+
+def _env():
+  return dict(os.environ, PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def _run(*flags):
+  return subprocess.run(_command(*flags), capture_output=True, text=True, env=_env(), cwd=_ROOT, timeout=600)
+
+
+def _report(output_dir):
+  with open(os.path.join(output_dir, "report.json")) as handle:
+    return json.load(handle)
+
+
+class ConfigFromFlagsTest(absltest.TestCase):
+
+  @flagsaver.flagsaver(objective="pgd", pretrain_objective="natural", eps=0.2, sparsity=["0.5", "0.9"],
+                       prune_m_by_n=None, eps_ramp_epochs=1.0, batch_size=100, max_train_examples=1000)
+  def testFlagsBecomeTheRunConfig(self):
+    config = cli.config_from_flags()
+    self.assertEqual(config.pretrain_objective.name, "natural")
+    self.assertEqual(config.finetune_objective.name, "pgd")
+    self.assertEqual(config.finetune_objective.eps, 0.2)
+    self.assertEqual(config.sparsities, (0.5, 0.9))
+    self.assertEqual(config.evaluation.eps, 0.2)
+    self.assertEqual(config.pretrain_objective.eps_ramp_steps, 0)  # natural pre-training has no ramp
+    self.assertEqual(config.finetune_objective.eps_ramp_steps, 0)  # fine-tuning starts at the full epsilon
+
+  @flagsaver.flagsaver(objective="ibp", eps_ramp_epochs=2.0, batch_size=100, max_train_examples=1000)
+  def testRampEpochsBecomeStepsAndBoundObjectivesTurnOnCertification(self):
+    config = cli.config_from_flags()
+    self.assertEqual(config.pretrain_objective.eps_ramp_steps, 20)
+    self.assertTrue(config.evaluation.verified)
+
+
+class CommandLineTest(absltest.TestCase):
+
+  def _assert_one_line_error(self, result, pattern):
+    self.assertNotEqual(result.returncode, 0)
+    self.assertNotIn("Traceback", result.stderr)
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower() and "cuda" not in line.lower()]
+    self.assertTrue(errors, result.stderr)
+    self.assertRegex(errors[-1], pattern)
+
+  def testBadInputGetsAOneLineErrorNamingIt(self):
+    cases = [
+        (["--sparsity=1.5"], r"--sparsity takes comma-separated numbers in \[0, 1\)"),
+        (["--sparsity=abc"], "--sparsity takes comma-separated numbers"),
+        (["--eps=-0.1"], "eps"),
+        (["--eps=2"], "eps"),
+        (["--model=resnet"], "model"),
+        (["--pgd_steps=0"], "pgd_steps"),
+        (["--dataset=mnist", "--data_dir=/nonexistent/mnist"], "/nonexistent/mnist"),
+        (["--prune_m_by_n=2:4"], "conv1"),
+        (["--synthetic_shape=12,12"], "--synthetic_shape takes 3"),
+        (["--batch_size=1000"], "smaller than one batch"),
+    ]
+    for flags, pattern in cases:
+      with self.subTest(flags=flags):
+        output_dir = self.create_tempdir().full_path
+        self._assert_one_line_error(_run(*_TINY, f"--output_dir={output_dir}", *flags), pattern)
+        self.assertFalse(os.path.exists(os.path.join(output_dir, "models")), "no training before the error")
+        self.assertFalse(os.path.exists(os.path.join(output_dir, "report.json")))
+
+  def testMissingOutputDirAndUnknownCommand(self):
+    self._assert_one_line_error(_run(*_TINY), "--output_dir is required")
+    result = subprocess.run([sys.executable, "-m", "tfrobprune.cli", "fly"], capture_output=True, text=True,
+                            env=_env(), cwd=_ROOT, timeout=300)
+    self._assert_one_line_error(result, "usage: tfrobprune")
+
+  def testSigtermCheckpointsAndRerunResumesToTheSameReport(self):
+    reference_dir, output_dir = self.create_tempdir().full_path, self.create_tempdir().full_path
+    self.assertEqual(_run(*_TINY, f"--output_dir={reference_dir}").returncode, 0)
+    process = subprocess.Popen(_command(*_TINY, f"--output_dir={output_dir}"), env=_env(), cwd=_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    self._wait_for_checkpoint(output_dir, "pretrain")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    self.assertEqual(process.returncode, 143, stderr)
+    self.assertIn("rerun the same command to resume", stderr)
+    resumed = _run(*_TINY, f"--output_dir={output_dir}")
+    self.assertEqual(resumed.returncode, 0, resumed.stderr)
+    self.assertIn("resuming", resumed.stdout.lower())
+    self.assertEqual(_report(output_dir), _report(reference_dir))
+
+  def testKill9InEachPhaseThenResumeGivesTheUninterruptedReport(self):
+    reference_dir = self.create_tempdir().full_path
+    self.assertEqual(_run(*_TINY, f"--output_dir={reference_dir}").returncode, 0)
+    for phase in ("pretrain", "finetune_s0.9"):
+      with self.subTest(phase=phase):
+        output_dir = self.create_tempdir().full_path
+        process = subprocess.Popen(_command(*_TINY, f"--output_dir={output_dir}"), env=_env(), cwd=_ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_for_checkpoint(output_dir, phase)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        resumed = _run(*_TINY, f"--output_dir={output_dir}")
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        self.assertEqual(_report(output_dir), _report(reference_dir))
+
+  def testOtherFlagsRefuseToResumeAndNameTheFlag(self):
+    output_dir = self.create_tempdir().full_path
+    self.assertEqual(_run(*_TINY, f"--output_dir={output_dir}", "--pretrain_epochs=1", "--finetune_epochs=1")
+                     .returncode, 0)
+    result = _run(*_TINY, f"--output_dir={output_dir}", "--pretrain_epochs=1", "--finetune_epochs=1", "--seed=5")
+    self._assert_one_line_error(result, r"different settings \(seed\).*--overwrite")
+
+  def _wait_for_checkpoint(self, output_dir, phase, timeout=300):
+    index = os.path.join(output_dir, "checkpoints", phase, "checkpoint")
+    deadline = time.time() + timeout
+    while not os.path.exists(index):
+      if time.time() > deadline:
+        self.fail(f"no checkpoint of {phase} after {timeout} s")
+      time.sleep(0.05)
+
+
+if __name__ == "__main__":
+  absltest.main()
