@@ -2,7 +2,12 @@
 
     tfrobprune train --flagfile=configs/fmnist_pgd_s90.cfg --output_dir=runs/pgd90
 
-Commands: `train` (the whole pipeline). Flags are validated where they are defined (bounds, enums, validators);
+Commands:
+  train          the whole pipeline (resumes a run in the same --output_dir)
+  export         re-export a finished run: `tfrobprune export --run_dir=RUN`
+  serve          serve RUN/export/saved_model over TF Serving's gRPC and REST APIs (development server)
+  bench-tflite   latency and size of each TFLite artifact: `tfrobprune bench-tflite --export_dir=RUN/export`
+ Flags are validated where they are defined (bounds, enums, validators);
 combinations are validated by the config dataclasses, whose errors are reported as one line naming the value.
 Nothing below `main` reads FLAGS.
 """
@@ -18,7 +23,6 @@ from tfrobprune import data
 from tfrobprune import models
 from tfrobprune import objectives
 
-COMMANDS = ("train",)
 
 # Run.
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory for report.json, report.md, logs, checkpoints.")
@@ -98,6 +102,18 @@ _EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 0, "Evaluate on the first
                                       lower_bound=0)
 _EVAL_BATCH_SIZE = flags.DEFINE_integer("eval_batch_size", 500, "Evaluation batch size.", lower_bound=1)
 _VERIFIED = flags.DEFINE_boolean("verified", None, "Report IBP/CROWN verified accuracy (default: on for IBP runs).")
+# export / serve / bench-tflite.
+_RUN_DIR = flags.DEFINE_string("run_dir", None, "export: the output directory of a finished run.")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "serve: the SavedModel base (RUN/export/saved_model); "
+                                  "bench-tflite: RUN/export or a folder of .tflite files.")
+_MODEL_NAME = flags.DEFINE_string("model_name", None, "serve: the model name (a folder under --export_dir).")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "serve: address to bind (loopback by default).")
+_GRPC_PORT = flags.DEFINE_integer("grpc_port", 8500, "serve: gRPC PredictionService port.", lower_bound=0,
+                                  upper_bound=65535)
+_REST_PORT = flags.DEFINE_integer("rest_port", 8501, "serve: REST port.", lower_bound=0, upper_bound=65535)
+_MAX_BATCH = flags.DEFINE_integer("max_batch", 256, "serve: largest batch a request may carry.", lower_bound=1)
+_BENCH_RUNS = flags.DEFINE_integer("bench_runs", 200, "bench-tflite: timed invokes per artifact.", lower_bound=1)
+_BENCH_OUTPUT = flags.DEFINE_string("bench_output", None, "bench-tflite: also write the figures to this JSON file.")
 
 
 def _valid_sparsities(values):
@@ -253,8 +269,50 @@ def _train():
   return 0
 
 
+def _export():
+  if not _RUN_DIR.value:
+    return _fail("--run_dir is required for `export` (the output directory of a finished run).")
+  from tfrobprune import data as data_lib  # pylint: disable=g-import-not-at-top
+  from tfrobprune import pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    artifacts = pipeline.export_existing_run(_RUN_DIR.value)
+  except (ValueError, data_lib.DataError, OSError) as error:
+    return _fail(str(error))
+  for name, row in artifacts.items():
+    print(f"{name}: {row.get('bytes', 0):,} bytes, benign {row.get('benign_acc')}, agreement {row.get('agreement')}")
+  return 0
+
+
+def _serve():
+  if not _EXPORT_DIR.value or not _MODEL_NAME.value:
+    return _fail("`serve` needs --export_dir (RUN/export/saved_model) and --model_name.")
+  from tfrobprune import serving  # pylint: disable=g-import-not-at-top
+  try:
+    serving.serve_forever(_EXPORT_DIR.value, _MODEL_NAME.value, host=_HOST.value, grpc_port=_GRPC_PORT.value,
+                          rest_port=_REST_PORT.value, max_batch=_MAX_BATCH.value)
+  except (ValueError, RuntimeError, OSError) as error:
+    return _fail(str(error))
+  return 0
+
+
+def _bench_tflite():
+  if not _EXPORT_DIR.value:
+    return _fail("--export_dir is required for `bench-tflite` (RUN/export or a folder of .tflite files).")
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tfrobprune import tflite_bench  # pylint: disable=g-import-not-at-top
+  try:
+    shape = tflite_bench.input_shape(_EXPORT_DIR.value)
+    images = np.random.default_rng(0).random((16,) + shape, dtype=np.float32)  # latency does not depend on pixels
+    results = tflite_bench.bench_tflite(_EXPORT_DIR.value, images, runs=_BENCH_RUNS.value,
+                                        output_path=_BENCH_OUTPUT.value)
+  except (ValueError, OSError) as error:
+    return _fail(str(error))
+  print(tflite_bench.format_table(results))
+  return 0
+
+
 def main(argv):
-  commands = {"train": _train}
+  commands = {"train": _train, "export": _export, "serve": _serve, "bench-tflite": _bench_tflite}
   if len(argv) < 2 or argv[1] not in commands:
     return _fail(f"usage: tfrobprune {{{'|'.join(commands)}}} [--flags]; got {' '.join(argv[1:]) or 'no command'}.")
   if len(argv) > 2:

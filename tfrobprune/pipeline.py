@@ -10,12 +10,14 @@ and its model is saved; a phase in progress is checkpointed. Rerunning the same 
 """
 
 import dataclasses
+import json
 import os
 import zlib
 
 import numpy as np
 
 from tfrobprune import checkpointing
+from tfrobprune import config as config_lib
 from tfrobprune import data
 from tfrobprune import evaluation
 from tfrobprune import export
@@ -338,3 +340,41 @@ def _export(ctx, dense_model, pruned_model, x_adv):
       source_run=os.path.abspath(ctx.output_dir), sparsity=ctx.config.sparsities[-1], dense_model=dense_model)
   ctx.progress.complete("export", artifacts)
   return artifacts
+
+
+def export_existing_run(run_dir, options=RunOptions()):
+  """Re-exports a finished run (a new SavedModel version and fresh TFLite files), verifying every artifact.
+
+  Args:
+    run_dir: the output directory of a run whose fine-tuning has finished.
+    options: a `RunOptions` (only `log` is used).
+
+  Returns:
+    The artifacts section (also written into the run's report.json).
+
+  Raises:
+    ValueError: `run_dir` holds no finished run.
+  """
+  report_path = os.path.join(run_dir, "report.json")
+  if not os.path.exists(report_path):
+    raise ValueError(f"{run_dir!r} holds no finished run (no report.json); run `tfrobprune train` first.")
+  with open(report_path) as handle:
+    report = json.load(handle)
+  config = config_lib.RunConfig.from_dict(report["config"])
+  dataset, validation = _load_data(config)
+  ctx = _RunContext(config, options, run_dir, dataset, validation, _NoProgress(), None)
+  last_phase = f"finetune_s{config.sparsities[-1]:g}" + (f"_r{config.prune_rounds}" if config.prune_rounds > 1 else "")
+  artifacts = _export(ctx, load_model(_model_path(ctx, "dense")), load_model(_model_path(ctx, last_phase)), None)
+  report["artifacts"] = artifacts
+  report_lib.write_report(report, run_dir)
+  return artifacts
+
+
+class _NoProgress:
+  """A `RunProgress` stand-in that remembers nothing (re-exports always export)."""
+
+  def get(self, name):
+    del name
+
+  def complete(self, name, result):
+    del name, result

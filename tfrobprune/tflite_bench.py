@@ -46,6 +46,13 @@ def find_tflite_files(export_dir):
   return {name: os.path.join(directory, f"{name}.tflite") for name in names}
 
 
+def input_shape(export_dir):
+  """The (H, W, C) image shape of the first TFLite artifact in `export_dir` (for making benchmark inputs)."""
+  path = next(iter(find_tflite_files(export_dir).values()))
+  runner = export.TFLiteRunner(path, num_threads=1, batch=1)
+  return tuple(int(d) for d in runner.interpreter.get_input_details()[0]["shape"][1:])
+
+
 def median_latency_ms(path, images, runs, num_threads):
   """(median ms, 90th percentile ms, runtime setting) of `runs` single-image invokes after a warm-up."""
   runner = export.TFLiteRunner(path, num_threads=num_threads, batch=1)
