@@ -59,6 +59,35 @@ class ConfigFromFlagsTest(absltest.TestCase):
     self.assertTrue(config.evaluation.verified)
 
 
+class FlagfilesTest(absltest.TestCase):
+
+  def testEveryShippedFlagfileGivesAValidConfig(self):
+    configs_dir = os.path.join(_ROOT, "configs")
+    names = sorted(name for name in os.listdir(configs_dir) if name.endswith(".cfg"))
+    self.assertContainsSubset({"fmnist_pgd_s90.cfg", "fmnist_pgd_s90_ablation.cfg", "fmnist_ibp_s90.cfg",
+                               "smoke_synthetic.cfg"}, names)
+    cwd = os.getcwd()
+    os.chdir(_ROOT)  # flagfiles include each other by paths relative to the checkout
+    try:
+      for name in names:
+        with self.subTest(name=name), flagsaver.flagsaver():
+          cli.flags.FLAGS.unparse_flags()
+          cli.flags.FLAGS(["tfrobprune", f"--flagfile=configs/{name}"])
+          config = cli.config_from_flags()
+          self.assertEqual(config.pretrain_objective.name != "natural" or "ablation" in name, True)
+    finally:
+      os.chdir(cwd)
+
+  def testReferenceRunIsThePapersSetting(self):
+    with flagsaver.flagsaver():
+      cli.flags.FLAGS.unparse_flags()
+      cli.flags.FLAGS(["tfrobprune", f"--flagfile={os.path.join(_ROOT, 'configs', 'fmnist_pgd_s90.cfg')}"])
+      config = cli.config_from_flags()
+    self.assertEqual((config.data.dataset, config.model), ("fashion_mnist", "cnn_small"))
+    self.assertEqual((config.pretrain_objective.name, config.finetune_objective.name), ("pgd", "pgd"))
+    self.assertEqual((config.pretrain_objective.eps, config.evaluation.eps, config.sparsities), (0.1, 0.1, (0.9,)))
+
+
 class CommandLineTest(absltest.TestCase):
 
   def _assert_one_line_error(self, result, pattern):
