@@ -73,7 +73,7 @@ class PhaseCheckpointer:
     for path in reversed(self.manager.checkpoints):
       try:
         self.checkpoint.restore(path).assert_existing_objects_matched()
-      except (tf.errors.OpError, AssertionError, ValueError) as error:
+      except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError, OSError) as error:
         logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, error)
         print(f"Checkpoint {path} is unreadable ({type(error).__name__}); falling back to the previous one.")
         continue
