@@ -4,6 +4,7 @@ Every file is written atomically (temporary file in the same directory, then `os
 half a report.
 """
 
+import io
 import json
 import os
 import tempfile
@@ -129,7 +130,6 @@ def plot(report, output_dir):
 
 
 def _save_figure(figure, path):
-  import io  # pylint: disable=g-import-not-at-top
   buffer = io.BytesIO()
   figure.tight_layout()
   figure.savefig(buffer, format="png", dpi=100)
