@@ -90,6 +90,20 @@ class FlagfilesTest(absltest.TestCase):
 
 class CommandLineTest(absltest.TestCase):
 
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls._reference = None
+
+  def _reference_report(self):
+    """The report of one uninterrupted deterministic run, shared by the interruption tests."""
+    if CommandLineTest._reference is None:
+      reference_dir = self.create_tempdir().full_path
+      result = _run(*_TINY, f"--output_dir={reference_dir}")
+      self.assertEqual(result.returncode, 0, result.stderr)
+      CommandLineTest._reference = _report(reference_dir)
+    return CommandLineTest._reference
+
   def _assert_one_line_error(self, result, pattern):
     self.assertNotEqual(result.returncode, 0)
     self.assertNotIn("Traceback", result.stderr)
@@ -124,8 +138,7 @@ class CommandLineTest(absltest.TestCase):
     self._assert_one_line_error(result, "usage: tfrobprune")
 
   def testSigtermCheckpointsAndRerunResumesToTheSameReport(self):
-    reference_dir, output_dir = self.create_tempdir().full_path, self.create_tempdir().full_path
-    self.assertEqual(_run(*_TINY, f"--output_dir={reference_dir}").returncode, 0)
+    output_dir = self.create_tempdir().full_path
     process = subprocess.Popen(_command(*_TINY, f"--output_dir={output_dir}"), env=_env(), cwd=_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     self._wait_for_checkpoint(output_dir, "pretrain")
@@ -136,11 +149,9 @@ class CommandLineTest(absltest.TestCase):
     resumed = _run(*_TINY, f"--output_dir={output_dir}")
     self.assertEqual(resumed.returncode, 0, resumed.stderr)
     self.assertIn("resuming", resumed.stdout.lower())
-    self.assertEqual(_report(output_dir), _report(reference_dir))
+    self.assertEqual(_report(output_dir), self._reference_report())
 
   def testKill9InEachPhaseThenResumeGivesTheUninterruptedReport(self):
-    reference_dir = self.create_tempdir().full_path
-    self.assertEqual(_run(*_TINY, f"--output_dir={reference_dir}").returncode, 0)
     for phase in ("pretrain", "finetune_s0.9"):
       with self.subTest(phase=phase):
         output_dir = self.create_tempdir().full_path
@@ -151,7 +162,7 @@ class CommandLineTest(absltest.TestCase):
         process.wait(timeout=60)
         resumed = _run(*_TINY, f"--output_dir={output_dir}")
         self.assertEqual(resumed.returncode, 0, resumed.stderr)
-        self.assertEqual(_report(output_dir), _report(reference_dir))
+        self.assertEqual(_report(output_dir), self._reference_report())
 
   def testOtherFlagsRefuseToResumeAndNameTheFlag(self):
     output_dir = self.create_tempdir().full_path
