@@ -365,6 +365,22 @@ _LAYER_STEPS = {
 }
 
 
+def register_layer(layer_class, steps_fn):
+  """Adds bound propagation for a layer class defined elsewhere (e.g. `scores.ScoredLayer`).
+
+  Args:
+    layer_class: the exact Keras layer class.
+    steps_fn: `steps_fn(layer)` returning the layer's steps; `layer_steps(inner_layer, kernel=...)` builds the
+      steps of a Dense/Conv2D with a substituted kernel (a masked one, say).
+  """
+  _LAYER_STEPS[layer_class] = steps_fn
+
+
+def layer_steps(layer, **kwargs):
+  """The steps of `layer` from the table, with optional substitutions (`kernel=` for Dense and Conv2D)."""
+  return _steps_fn(layer)(layer, **kwargs)
+
+
 def _steps_fn(layer):
   """The table entry for the layer's exact class (a subclass may compute something else)."""
   if type(layer) not in _LAYER_STEPS:
