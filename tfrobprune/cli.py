@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 
 from tfrobprune import data
+from tfrobprune import distribute
 from tfrobprune import models
 from tfrobprune import objectives
 
@@ -34,6 +35,12 @@ _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Discard an earlier run in
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", 200, "Checkpoint every N steps (0: epoch ends).",
                                          lower_bound=0)
 _KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept per phase.", lower_bound=1)
+_DISTRIBUTE = flags.DEFINE_enum("distribute", "default", distribute.STRATEGY_NAMES,
+                                "tf.distribute strategy of training: default (one device), mirrored (local GPUs, or "
+                                "the logical CPUs of --logical_cpus), multi_worker (configured by TF_CONFIG).")
+_LOGICAL_CPUS = flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into N logical devices (N >= 2) before "
+                                     "TensorFlow starts: replicas for --distribute=mirrored without GPUs.",
+                                     lower_bound=0)
 # Data.
 _DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", data.DATASET_NAMES, "Dataset.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder (default: the dataset's standard location).")
@@ -213,7 +220,7 @@ def config_from_flags():
           pgd_steps=_EVAL_PGD_STEPS.value, pgd_restarts=_EVAL_PGD_RESTARTS.value,
           pgd_step_size=_EVAL_PGD_STEP_SIZE.value, verified=verified, batch_size=_EVAL_BATCH_SIZE.value,
           max_examples=_EVAL_EXAMPLES.value),
-      dense_checkpoint=_DENSE_CHECKPOINT.value, export=_EXPORT.value)
+      dense_checkpoint=_DENSE_CHECKPOINT.value, export=_EXPORT.value, distribute=_DISTRIBUTE.value)
 
 
 def _fail(message):
@@ -250,19 +257,26 @@ def _train():
   from tfrobprune import data as data_lib  # pylint: disable=g-import-not-at-top
   from tfrobprune import pipeline  # pylint: disable=g-import-not-at-top
   from tfrobprune import training  # pylint: disable=g-import-not-at-top
+  try:  # first, before any TensorFlow op: logical CPUs and the multi-worker runtime configure TensorFlow's start
+    strategy = distribute.make_strategy(_DISTRIBUTE.value, _LOGICAL_CPUS.value)
+  except (ValueError, RuntimeError) as error:
+    return _fail(str(error))
   stop = _StopRequest()
   stop.install()
   options = pipeline.RunOptions(progress=_PROGRESS.value, checkpoint_every_steps=_CHECKPOINT_EVERY.value,
                                 keep_checkpoints=_KEEP_CHECKPOINTS.value, overwrite=_OVERWRITE.value,
-                                should_stop=stop)
+                                should_stop=stop, strategy=strategy)
   try:
-    pipeline.run(config_from_flags(), _OUTPUT_DIR.value, options)
+    report = pipeline.run(config_from_flags(), _OUTPUT_DIR.value, options)
   except training.TrainingInterrupted as error:
     print(f"tfrobprune: {error}", file=sys.stderr)
     return 130 if stop.signal_name == "SIGINT" else 143
   except (ValueError, data_lib.DataError, OSError, training.NonFiniteLossError,
           checkpointing.ConfigMismatchError) as error:
     return _fail(str(error))
+  if report is None:
+    print("This worker has finished; the chief wrote the report.")
+    return 0
   print()
   with open(os.path.join(_OUTPUT_DIR.value, "report.md")) as handle:
     print(handle.read())

@@ -8,6 +8,7 @@ import dataclasses
 import json
 
 from tfrobprune import data
+from tfrobprune import distribute as distribute_lib
 from tfrobprune import evaluation as evaluation_lib
 from tfrobprune import models
 from tfrobprune import objectives
@@ -69,6 +70,9 @@ class RunConfig:
     evaluation: the EvalConfig.
     dense_checkpoint: path of a dense checkpoint to start from; pre-training is skipped.
     export: write deployment artifacts at the end.
+    distribute: the `tf.distribute` strategy training runs under, one of `distribute.STRATEGY_NAMES` ('default':
+      one device). Recorded because it changes results slightly: batch normalisation normalises each replica's
+      share of the batch by its own statistics.
   """
   data: DataConfig = DataConfig()
   model: str = "cnn_small"
@@ -85,6 +89,7 @@ class RunConfig:
   evaluation: evaluation_lib.EvalConfig = evaluation_lib.EvalConfig()
   dense_checkpoint: str | None = None
   export: bool = True
+  distribute: str = "default"
 
   def __post_init__(self):
     if self.model not in models.MODEL_NAMES:
@@ -98,6 +103,9 @@ class RunConfig:
       raise ValueError(f"prune_rounds must be >= 1, got {self.prune_rounds}.")
     if not 0 < self.prune_end_fraction <= 1:
       raise ValueError(f"prune_end_fraction must be in (0, 1], got {self.prune_end_fraction}.")
+    if self.distribute not in distribute_lib.STRATEGY_NAMES:
+      raise ValueError(f"distribute must be one of {', '.join(distribute_lib.STRATEGY_NAMES)}, "
+                       f"got {self.distribute!r}.")
 
   def to_dict(self):
     return dataclasses.asdict(self)
@@ -126,11 +134,19 @@ def _tuples(record):
   return {key: tuple(value) if isinstance(value, list) else value for key, value in record.items()}
 
 
+# Settings added after runs were first recorded, with the value a record written before them implies.
+_ADDED_FIELDS = {"distribute": "default"}
+
+
 def differing_fields(a, b, prefix=""):
-  """Dotted names of the fields whose values differ between two config dicts (for refusing a resume)."""
+  """Dotted names of the fields whose values differ between two config dicts (for refusing a resume).
+
+  A field of `_ADDED_FIELDS` missing from a record counts as its default, so runs recorded before it existed resume.
+  """
   names = []
   for key in sorted(set(a) | set(b)):
-    left, right = a.get(key), b.get(key)
+    implied = _ADDED_FIELDS.get(prefix + key)
+    left, right = a.get(key, implied), b.get(key, implied)
     if isinstance(left, dict) and isinstance(right, dict):
       names += differing_fields(left, right, f"{prefix}{key}.")
     elif left != right:

@@ -115,8 +115,11 @@ class Objective:
     self._inference_fns = {}
 
   def attack_seed(self, step):
-    """The stateless seed of the attack at `step`."""
-    return tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+    """The stateless seed of the attack at `step`; replicas of a distributed step each get their own starts."""
+    replica = tf.distribute.get_replica_context()
+    replica_id = 0 if replica is None else replica.replica_id_in_sync_group
+    offset = tf.cast(replica_id, tf.int64) * (2 ** 40)  # replica 0 (and one device) keeps (seed, step)
+    return tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64) + offset])
 
   def inference_fn(self, model):
     """The attack's model function, built once per model so that cleverhans' inner tf.function is not retraced."""

@@ -7,6 +7,11 @@ weight magnitudes.
 
 Every finished part (a phase, an evaluation, the export) is recorded in OUTPUT_DIR/progress.json with its results,
 and its model is saved; a phase in progress is checkpointed. Rerunning the same command resumes where it stopped.
+
+Under a `tf.distribute` strategy (`config.distribute`) the training phases run on every replica and worker; models
+are made in the strategy's scope for training, and copied to a single device after each phase for evaluation,
+saving and export. Only the chief writes OUTPUT_DIR; the other workers of a multi-worker run train in a private
+temporary directory (deleted at the end) and skip evaluation, export and the report.
 """
 
 import dataclasses
@@ -19,6 +24,7 @@ import numpy as np
 from tfrobprune import checkpointing
 from tfrobprune import config as config_lib
 from tfrobprune import data
+from tfrobprune import distribute
 from tfrobprune import evaluation
 from tfrobprune import export
 from tfrobprune import models
@@ -44,6 +50,8 @@ class RunOptions:
     overwrite: discard an earlier run in the output directory instead of resuming it.
     should_stop: polled after every step; True checkpoints the phase and stops (SIGINT/SIGTERM handling).
     log: a function taking one line of progress text.
+    strategy: the `tf.distribute.Strategy` to train under, of the kind `config.distribute` names (the CLI makes it
+      with `distribute.make_strategy` before TensorFlow starts); None makes that strategy in `run`.
   """
   progress: bool = True
   checkpoint_every_steps: int = 200
@@ -51,6 +59,7 @@ class RunOptions:
   overwrite: bool = False
   should_stop: object = None
   log: object = print
+  strategy: object = None
 
 
 @dataclasses.dataclass
@@ -63,6 +72,7 @@ class _RunContext:
   validation: tuple
   progress: checkpointing.RunProgress
   summary_writer: object
+  strategy: object = None
 
   def log(self, line):
     self.options.log(line)
@@ -139,11 +149,15 @@ def _steps_per_epoch(ctx, train_config):
 
 
 def _run_phase(ctx, model, train_config, objective_config, phase, pruning_driver=None):
-  """Trains `model` for one phase (own optimizer, checkpoints under checkpoints/<phase>); returns its history."""
+  """Trains `model` for one phase (own optimizer, checkpoints under checkpoints/<phase>); returns its history.
+
+  `model` must have been made in `ctx.strategy`'s scope.
+  """
   steps = _steps_per_epoch(ctx, train_config)
   objective = objectives.make_objective(objective_config, ctx.dataset.num_classes, seed=ctx.config.seed)
-  trainer = training.Trainer(model, objective, training.make_optimizer(train_config, steps),
-                             weight_decay=train_config.weight_decay)
+  with ctx.strategy.scope():
+    trainer = training.Trainer(model, objective, training.make_optimizer(train_config, steps),
+                               weight_decay=train_config.weight_decay, strategy=ctx.strategy)
   checkpointer = checkpointing.PhaseCheckpointer(ctx.path("checkpoints", phase), trainer,
                                                  every_steps=ctx.options.checkpoint_every_steps,
                                                  max_to_keep=ctx.options.keep_checkpoints)
@@ -190,13 +204,16 @@ def _dense_model(ctx):
   if finished is not None:
     ctx.log("[pretrain] finished earlier; loading the dense model.")
     return load_model(_model_path(ctx, "dense")), finished["history"]
-  model = _new_dense_model(ctx)
   history = []
   if config.dense_checkpoint:
     ctx.log(f"Restoring the dense model from {config.dense_checkpoint}; pre-training skipped.")
+    model = _new_dense_model(ctx)
     _restore_weights(model, config.dense_checkpoint)
   else:
+    with ctx.strategy.scope():
+      model = _new_dense_model(ctx)
     history = _run_phase(ctx, model, config.pretrain, config.pretrain_objective, "pretrain")
+    model = distribute.single_device_copy(model, ctx.strategy)
   save_model(model, _model_path(ctx, "dense"))
   ctx.progress.complete("pretrain", {"history": history})
   return model, history
@@ -244,11 +261,13 @@ def _prune_and_finetune(ctx, dense_model, sparsity):
       current, history = load_model(_model_path(ctx, phase)), history + finished["history"]
       continue
     prune_config = _round_pruning_config(config.pruning, target, int(config.prune_end_fraction * steps))
-    wrapped = pruning.prune_model(current, prune_config)
+    with ctx.strategy.scope():
+      wrapped = pruning.prune_model(current, prune_config)
     driver = pruning.PruningStepDriver(wrapped, log_dir=ctx.path("tensorboard", f"pruning_{phase}"))
     round_history = _run_phase(ctx, wrapped, config.finetune, config.finetune_objective, phase, driver)
-    driver.finalize()
-    current = pruning.strip(wrapped)
+    with ctx.strategy.scope():
+      driver.finalize()
+    current = distribute.strip_pruning(wrapped, ctx.strategy)
     save_model(current, _model_path(ctx, phase))
     ctx.progress.complete(phase, {"history": round_history})
     history += round_history
@@ -279,32 +298,63 @@ def run(config, output_dir, options=RunOptions()):
     options: a `RunOptions`.
 
   Returns:
-    The report (the dict written to report.json).
+    The report (the dict written to report.json); None on a multi-worker run's non-chief workers, which train
+    only.
 
   Raises:
     checkpointing.ConfigMismatchError: `output_dir` holds a run with other settings (see `options.overwrite`).
     training.NonFiniteLossError, training.TrainingInterrupted: the run stopped; its checkpoints remain.
+    ValueError: `options.strategy` is not of the kind `config.distribute` names, or the batch size does not split
+      over its replicas.
   """
+  strategy = options.strategy if options.strategy is not None else distribute.make_strategy(config.distribute)
+  if distribute.strategy_name(strategy) != config.distribute:
+    raise ValueError(f"The run's strategy is {distribute.strategy_name(strategy)!r} but its config says "
+                     f"distribute={config.distribute!r}.")
+  directory = distribute.worker_directory(strategy, output_dir)
+  if directory != output_dir:
+    options.log(f"This worker ({distribute.describe(strategy)['task']}) writes into {directory} (deleted at the "
+                f"end); the chief writes {output_dir}.")
+  try:
+    return _run(config, directory, options, strategy)
+  finally:
+    distribute.remove_worker_directory(strategy, directory)
+
+
+def _run(config, output_dir, options, strategy):
   prepare_output_dir(output_dir)
   set_seed(config.seed, config.deterministic)
   dataset, validation = _load_data(config)
   progress = checkpointing.RunProgress(output_dir, config, overwrite=options.overwrite)
   ctx = _RunContext(config, options, output_dir, dataset, validation, progress,
-                    tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard")))
+                    tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard")), strategy)
   if progress.resumed:
     ctx.log(f"Resuming the run in {output_dir} (finished: {', '.join(progress.state['completed']) or 'nothing'}).")
+  distribute.check_workers_agree(strategy, _resume_point(ctx), "the finished parts and checkpoints of the run")
   ctx.log(f"Data: {dataset.name}, {len(dataset.x_train)} train / {len(validation[0])} validation / "
           f"{len(dataset.x_test)} test examples of shape {dataset.input_shape}, {dataset.num_classes} classes.")
+  if not distribute.is_default(strategy):
+    described = distribute.describe(strategy)
+    ctx.log(f"Strategy: {described['strategy']}, {described['replicas']} replicas on {described['workers']} "
+            f"worker(s); this process is {'the chief' if distribute.is_chief(strategy) else described['task']}.")
+  for train_config in (config.pretrain, config.finetune):
+    distribute.check_global_batch(train_config.batch_size, strategy)
   _check_pruning_config(ctx)
+  chief = distribute.is_chief(strategy)
   dense_model, pretrain_history = _dense_model(ctx)
-  dense, _ = _evaluate(ctx, dense_model, "dense")
+  dense = _evaluate(ctx, dense_model, "dense")[0] if chief else None
   sweep, finetune_history = [], {}
   for sparsity in config.sparsities:
     pruned_model, finetune_history[f"{sparsity:g}"] = _prune_and_finetune(ctx, dense_model, sparsity)
-    results, x_adv = _evaluate(ctx, pruned_model, f"s{sparsity:g}")
-    sweep.append(dict(results, target_sparsity=sparsity))
+    if chief:
+      results, x_adv = _evaluate(ctx, pruned_model, f"s{sparsity:g}")
+      sweep.append(dict(results, target_sparsity=sparsity))
+  if not chief:
+    ctx.log("Training finished on this worker; the chief evaluates, exports and writes the report.")
+    return None
   report = {
       "config": config.to_dict(),
+      "distribute": distribute.describe(strategy),
       "dataset": {"name": dataset.name, "train": len(dataset.x_train), "validation": len(validation[0]),
                   "test": len(dataset.x_test), "input_shape": list(dataset.input_shape),
                   "num_classes": dataset.num_classes},
@@ -319,6 +369,15 @@ def run(config, output_dir, options=RunOptions()):
   report_lib.write_report(report, output_dir)
   ctx.log(f"Report: {os.path.join(output_dir, 'report.md')}")
   return report
+
+
+def _resume_point(ctx):
+  """A fingerprint of where the run resumes: its finished parts and the latest checkpoint of each phase."""
+  checkpoints = {}
+  for index in tf.io.gfile.glob(ctx.path("checkpoints", "*", "checkpoint")):
+    with open(index) as handle:
+      checkpoints[os.path.basename(os.path.dirname(index))] = handle.readline().strip()
+  return zlib.crc32(json.dumps([sorted(ctx.progress.state["completed"]), checkpoints], sort_keys=True).encode())
 
 
 def _export(ctx, dense_model, pruned_model, x_adv):

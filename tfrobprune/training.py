@@ -4,6 +4,11 @@ One `tf.function` holds the whole step (attack or bounds, forward, backward, opt
 shape. The loop drives tfmot by hand when the model is wrapped for pruning (`pruning.PruningStepDriver`): step
 begin before each optimizer step, masks re-applied at each epoch end, so a model evaluated or stripped after
 `train` returns is sparse.
+
+Under a `tf.distribute` strategy (see `distribute`) the same loop runs the per-replica part of the step with
+`strategy.run` inside that one `tf.function`: each replica computes its objective and gradients on its share of the
+global batch, the gradients are all-reduced (summed, the loss being scaled for the global batch), the metrics
+averaged, and the optimizer applies the same update on every replica.
 """
 
 import dataclasses
@@ -11,6 +16,8 @@ import math
 
 import numpy as np
 
+from tfrobprune import distribute
+from tfrobprune import pruning
 from tfrobprune.keras_compat import keras, tf
 
 LR_SCHEDULES = ("constant", "cosine", "step")
@@ -120,36 +127,88 @@ class Trainer:
     weight_decay: L2 coefficient on kernels.
     schedule_step: int64 variable counting optimizer steps across phases (drives epsilon/kappa ramps); a new one
       starting at 0 if None.
+    strategy: the `tf.distribute.Strategy` to train under; None takes the strategy in scope (the default strategy
+      outside any scope). Under a strategy other than the default one, `model` and `optimizer` must have been made
+      in its scope; the trainer is then made in it too.
+
+  Under a strategy the step is `_distributed_train_step`; its non-finite-loss behaviour is the single-device one
+  (the update is skipped on every replica, the caller stops the run).
   """
 
-  def __init__(self, model, objective, optimizer, weight_decay=0.0, schedule_step=None):
+  def __init__(self, model, objective, optimizer, weight_decay=0.0, schedule_step=None, strategy=None):
     self.model, self.objective, self.optimizer = model, objective, optimizer
     self.weight_decay = weight_decay
-    self.schedule_step = schedule_step if schedule_step is not None else tf.Variable(0, dtype=tf.int64,
-                                                                                     trainable=False)
-    # Slots are created up front: variables cannot be created inside the tf.cond that guards the update.
-    self.optimizer.build(model.trainable_variables)
-    self.train_step = tf.function(self._train_step)
+    self.strategy = strategy if strategy is not None else tf.distribute.get_strategy()
+    with self.strategy.scope():
+      self.schedule_step = schedule_step if schedule_step is not None else tf.Variable(0, dtype=tf.int64,
+                                                                                       trainable=False)
+      # Slots are created up front: variables cannot be created inside the tf.cond that guards the update.
+      self.optimizer.build(model.trainable_variables)
+    if distribute.is_default(self.strategy):
+      self.train_step = tf.function(self._train_step)
+    else:
+      self._wrapped = distribute.has_pruning_wrappers(model)
+      if self._wrapped:
+        distribute.route_attacks_around_pruning_wrappers(objective, model)
+      self.train_step = tf.function(self._distributed_train_step)
 
-  def _train_step(self, x, y):
+  def distribute_dataset(self, dataset):
+    """`dataset` of global batches, split over the replicas (unchanged under the default strategy)."""
+    return distribute.distribute_dataset(self.strategy, dataset)
+
+  def _gradients(self, x, y):
+    """One replica's objective, metrics and gradients (of its loss scaled for the global batch); a non-finite loss
+    gives zero gradients."""
     with tf.GradientTape() as tape:
       loss, metrics = self.objective(self.model, x, y, self.schedule_step)
       total = loss + _weight_decay_loss(self.model, self.weight_decay)
       if self.model.losses:
         total += tf.add_n(self.model.losses)
-    variables = self.model.trainable_variables
-    gradients = tape.gradient(total, variables)
+      scaled = distribute.scale_to_global_batch(total, self.strategy.num_replicas_in_sync)
+    gradients = tape.gradient(scaled, self.model.trainable_variables)
     finite = tf.math.is_finite(total)
     # A non-finite loss must not reach the weights: the update is skipped and the caller stops the run.
     gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
+    return gradients, dict(metrics, finite=tf.cast(finite, tf.float32))
+
+  def _train_step(self, x, y):
+    gradients, metrics = self._gradients(x, y)
+    variables = self.model.trainable_variables
+
     def apply_update():
       self.optimizer.apply_gradients(zip(gradients, variables))
       return tf.constant(True)
 
-    tf.cond(finite, apply_update, lambda: tf.constant(False))
+    tf.cond(metrics["finite"] > 0, apply_update, lambda: tf.constant(False))
     self.schedule_step.assign_add(1)
-    metrics = dict(metrics, finite=tf.cast(finite, tf.float32))
     return metrics
+
+  def _distributed_train_step(self, x, y):
+    """The step under a strategy: replica gradients -> all-reduce (SUM) -> one update on every replica, or none.
+
+    The update is decided in cross-replica context: MirroredStrategy does not allow `merge_call` (which
+    `apply_gradients` makes) inside a `tf.cond` of a replica function, so the replicas' gradients are summed here
+    and a second `strategy.run`, inside the `tf.cond`, applies them on each replica without aggregating again (as
+    Keras' LossScaleOptimizer does). A replica with a non-finite loss makes every replica skip the update.
+    """
+    strategy, variables = self.strategy, self.model.trainable_variables
+    with strategy.scope():
+      if self._wrapped:  # in cross-replica context: the attacks read the kernels through an unwrapped view
+        pruning.apply_masks(self.model)
+      gradients, metrics = strategy.run(self._gradients, args=(x, y))
+      gradients = strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.SUM, list(zip(gradients, variables)))
+      finite_replicas = strategy.reduce(tf.distribute.ReduceOp.SUM, metrics.pop("finite"), axis=None)
+      metrics = {key: strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None) for key, value in metrics.items()}
+
+      def apply_update():
+        strategy.run(lambda g: self.optimizer.apply_gradients(zip(g, variables), skip_gradients_aggregation=True),
+                     args=(gradients,))
+        return tf.constant(True)
+
+      finite = tf.equal(finite_replicas, strategy.num_replicas_in_sync)
+      tf.cond(finite, apply_update, lambda: tf.constant(False))
+      self.schedule_step.assign_add(1)
+    return dict(metrics, finite=tf.cast(finite, tf.float32))
 
 
 class TrainingInterrupted(RuntimeError):
@@ -163,16 +222,18 @@ def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=No
   Args:
     trainer: a `Trainer`.
     dataset_fn: `dataset_fn(epoch)` returns that epoch's finite dataset of (images, labels) batches, in an order
-      that depends only on the epoch (so a resumed epoch can skip the batches already trained on).
+      that depends only on the epoch (so a resumed epoch can skip the batches already trained on). Under a
+      strategy these are global batches, split over the replicas here.
     epochs: the phase's number of epochs.
     pruning_driver: a `pruning.PruningStepDriver` if the model is wrapped for pruning.
     summary_writer: a `tf.summary` writer for per-epoch scalars (prefixed by `phase`), or None.
     progress: show a Keras progress bar per epoch.
     epoch_end_fn: called as `epoch_end_fn(epoch, metrics)` after each epoch; may return extra metrics.
     phase: name used in logs and summaries ('pretrain', 'finetune_s0.9', ...).
-    checkpointer: a `checkpointing.PhaseCheckpointer`; saves every N steps and at each epoch end.
+    checkpointer: a `checkpointing.PhaseCheckpointer`; saves every N steps and at each epoch end (every worker
+      saves under a multi-worker strategy: give non-chief workers one in a temporary directory).
     should_stop: a function polled after every step; when it returns True the phase is checkpointed and
-      `TrainingInterrupted` is raised.
+      `TrainingInterrupted` is raised (on every worker of a multi-worker run, when it returns True on any).
 
   Returns:
     A list with one dict of mean metrics per epoch of the phase (resumed epochs included).
@@ -181,13 +242,17 @@ def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=No
     NonFiniteLossError: the loss became NaN or Inf (the bad update was not applied; the last checkpoint stays).
     TrainingInterrupted: `should_stop` returned True.
   """
+  # The driver and `epoch_end_fn` touch the model's (possibly mirrored) variables eagerly: in the strategy's scope.
+  # The checkpointer stays outside it, so that its own counters are plain variables.
+  in_scope = trainer.strategy.scope
   restored = checkpointer.restore_latest() if checkpointer is not None else None
   start_epoch, start_step, state = restored or (0, 0, {})
   history, sums, count = state.get("history", []), state.get("sums", {}), state.get("count", 0)
   if restored:
     print(f"[{phase}] resuming from its checkpoint at epoch {start_epoch + 1}, step {start_step}", flush=True)
   if pruning_driver is not None:
-    pruning_driver.on_train_begin()
+    with in_scope():
+      pruning_driver.on_train_begin()
   for epoch in range(start_epoch, epochs):
     skip = start_step if epoch == start_epoch else 0
     dataset = dataset_fn(epoch)
@@ -196,9 +261,10 @@ def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=No
                               unit_name="step")
     if progress:
       print(f"[{phase}] epoch {epoch + 1}/{epochs}", flush=True)
-    for step_in_epoch, (x, y) in enumerate(dataset.skip(skip), start=skip):
+    for step_in_epoch, (x, y) in enumerate(trainer.distribute_dataset(dataset.skip(skip)), start=skip):
       if pruning_driver is not None:
-        pruning_driver.on_step_begin(step_in_epoch)
+        with in_scope():
+          pruning_driver.on_step_begin(step_in_epoch)
       metrics = {key: float(value) for key, value in trainer.train_step(x, y).items()}
       if not metrics.pop("finite"):
         raise NonFiniteLossError(int(trainer.schedule_step.numpy()) - 1, metrics)
@@ -206,17 +272,19 @@ def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=No
         sums[key] = sums.get(key, 0.0) + value
       count += 1
       bar.update(step_in_epoch + 1, values=[(k, v) for k, v in metrics.items() if k != "eps"])
-      stop = should_stop is not None and should_stop()
+      stop = should_stop is not None and distribute.any_worker(trainer.strategy, should_stop())
       if checkpointer is not None and (stop or _due(checkpointer, trainer)):
         checkpointer.save(epoch, step_in_epoch + 1, {"history": history, "sums": sums, "count": count})
       if stop:
         raise TrainingInterrupted(f"Stopped in {phase}, epoch {epoch + 1}, after step {step_in_epoch + 1}; "
                                   "checkpoint written: rerun the same command to resume.")
     if pruning_driver is not None:
-      pruning_driver.on_epoch_end(epoch)
+      with in_scope():
+        pruning_driver.on_epoch_end(epoch)
     means = {key: value / max(count, 1) for key, value in sums.items()}
     if epoch_end_fn is not None:
-      means.update(epoch_end_fn(epoch, means) or {})
+      with in_scope():
+        means.update(epoch_end_fn(epoch, means) or {})
     _write_summaries(summary_writer, phase, epoch, means)
     history.append(dict(means, epoch=epoch + 1))
     sums, count = {}, 0
