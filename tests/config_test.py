@@ -7,6 +7,7 @@ from absl.testing import absltest
 from tfrobprune import config
 from tfrobprune import objectives
 from tfrobprune import pruning
+from tfrobprune import scores
 
 
 class RunConfigTest(absltest.TestCase):
@@ -17,7 +18,7 @@ class RunConfigTest(absltest.TestCase):
         pretrain_objective=objectives.ObjectiveConfig(name="pgd", eps=0.1),
         pruning=pruning.PruningConfig(target_sparsity=0.5, exclude_layers=("conv1",),
                                       m_by_n=(2, 4)),
-        sparsities=(0.5, 0.9))
+        sparsities=(0.5, 0.9), scores=scores.ScoreConfig(epochs=3, scope="global"))
     restored = config.RunConfig.from_dict(json.loads(original.to_json()))
     self.assertEqual(restored, original)
 
@@ -27,6 +28,8 @@ class RunConfigTest(absltest.TestCase):
         (dict(sparsities=(1.0,)), r"sparsity must be in \[0, 1\), got 1.0"),
         (dict(sparsities=()), "at least one"),
         (dict(prune_rounds=0), "prune_rounds"),
+        (dict(prune_criterion="random"), "prune_criterion must be one of"),
+        (dict(prune_criterion="scores", distribute="mirrored"), "one device"),
     ]
     for kwargs, pattern in cases:
       with self.assertRaisesRegex(ValueError, pattern):

@@ -11,6 +11,7 @@ from tfrobprune import evaluation
 from tfrobprune import objectives
 from tfrobprune import pipeline
 from tfrobprune import pruning
+from tfrobprune import scores
 from tfrobprune import training
 
 
@@ -90,6 +91,13 @@ class PipelineTest(absltest.TestCase):
       pipeline.run(config, output_dir, stop_in_finetune)
     resumed = pipeline.run(config, output_dir, _QUIET)
     self.assertEqual(resumed, reference)
+
+  def testScoreCriterionPrunesToTheTargetAndIsReported(self):
+    config = _config(prune_criterion="scores", scores=scores.ScoreConfig(epochs=1))
+    report = pipeline.run(config, self.create_tempdir().full_path, _QUIET)
+    self.assertEqual(report["config"]["prune_criterion"], "scores")
+    self.assertAlmostEqual(report["pruned"]["sparsity"], 0.8, delta=0.01)
+    self.assertLessEqual(report["pruned"]["pgd_acc"], report["pruned"]["benign_acc"])
 
   def testUnwritableOutputDirectoryIsNamed(self):
     with self.assertRaisesRegex(OSError, "/proc/nope"):

@@ -97,6 +97,13 @@ _PRUNE_END_FRACTION = flags.DEFINE_float("prune_end_fraction", 0.5, "Part of fin
 _PRUNE_FREQUENCY = flags.DEFINE_integer("prune_frequency", 100, "Steps between mask updates.", lower_bound=1)
 _PRUNE_EXCLUDE = flags.DEFINE_list("prune_exclude", [], "Layer names kept dense (e.g. conv1,logits).")
 _PRUNE_M_BY_N = flags.DEFINE_string("prune_m_by_n", None, "Structured M:N sparsity, e.g. 2:4.")
+_PRUNE_CRITERION = flags.DEFINE_enum("prune_criterion", "magnitude", ["magnitude", "scores"],
+                                     "Which weights to prune: by magnitude, or by scores learned with the robust "
+                                     "objective (HYDRA).")
+_SCORE_EPOCHS = flags.DEFINE_integer("score_epochs", 1, "Epochs of score optimisation (--prune_criterion=scores).",
+                                     lower_bound=0)
+_SCORE_LEARNING_RATE = flags.DEFINE_float("score_learning_rate", 0.1, "Learning rate of the scores (SGD).",
+                                          lower_bound=1e-8)
 # Evaluation.
 _EVAL_EPS = flags.DEFINE_float("eval_eps", None, "Evaluation epsilon (default: --eps).", lower_bound=0.0,
                                upper_bound=1.0)
@@ -177,6 +184,7 @@ def config_from_flags():
   # Imported here so that `--help` does not pay for TensorFlow.
   from tfrobprune import config as config_lib  # pylint: disable=g-import-not-at-top
   from tfrobprune import evaluation, pruning, training  # pylint: disable=g-import-not-at-top
+  from tfrobprune import scores as scores_lib  # pylint: disable=g-import-not-at-top
   steps = _steps_per_epoch()
   ramp = dict(eps_warmup_steps=int(_EPS_WARMUP_EPOCHS.value * steps), eps_ramp_steps=int(_EPS_RAMP_EPOCHS.value * steps),
               eps_ramp_shape=_EPS_RAMP_SHAPE.value)
@@ -220,7 +228,9 @@ def config_from_flags():
           pgd_steps=_EVAL_PGD_STEPS.value, pgd_restarts=_EVAL_PGD_RESTARTS.value,
           pgd_step_size=_EVAL_PGD_STEP_SIZE.value, verified=verified, batch_size=_EVAL_BATCH_SIZE.value,
           max_examples=_EVAL_EXAMPLES.value),
-      dense_checkpoint=_DENSE_CHECKPOINT.value, export=_EXPORT.value, distribute=_DISTRIBUTE.value)
+      dense_checkpoint=_DENSE_CHECKPOINT.value, export=_EXPORT.value, distribute=_DISTRIBUTE.value,
+      prune_criterion=_PRUNE_CRITERION.value,
+      scores=scores_lib.ScoreConfig(epochs=_SCORE_EPOCHS.value, learning_rate=_SCORE_LEARNING_RATE.value))
 
 
 def _fail(message):

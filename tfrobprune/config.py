@@ -13,7 +13,11 @@ from tfrobprune import evaluation as evaluation_lib
 from tfrobprune import models
 from tfrobprune import objectives
 from tfrobprune import pruning as pruning_lib
+from tfrobprune import scores as scores_lib
 from tfrobprune import training
+
+
+PRUNE_CRITERIA = ("magnitude", "scores")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +74,9 @@ class RunConfig:
     evaluation: the EvalConfig.
     dense_checkpoint: path of a dense checkpoint to start from; pre-training is skipped.
     export: write deployment artifacts at the end.
+    prune_criterion: which weights pruning removes: 'magnitude' (the paper's, tfmot's schedules) or 'scores'
+      (HYDRA: a mask learned with the fine-tuning objective while the weights stay frozen, then fine-tuned).
+    scores: settings of the score optimisation (`prune_criterion='scores'`).
     distribute: the `tf.distribute` strategy training runs under, one of `distribute.STRATEGY_NAMES` ('default':
       one device). Recorded because it changes results slightly: batch normalisation normalises each replica's
       share of the batch by its own statistics.
@@ -89,6 +96,8 @@ class RunConfig:
   evaluation: evaluation_lib.EvalConfig = evaluation_lib.EvalConfig()
   dense_checkpoint: str | None = None
   export: bool = True
+  prune_criterion: str = "magnitude"
+  scores: scores_lib.ScoreConfig = scores_lib.ScoreConfig()
   distribute: str = "default"
 
   def __post_init__(self):
@@ -103,6 +112,11 @@ class RunConfig:
       raise ValueError(f"prune_rounds must be >= 1, got {self.prune_rounds}.")
     if not 0 < self.prune_end_fraction <= 1:
       raise ValueError(f"prune_end_fraction must be in (0, 1], got {self.prune_end_fraction}.")
+    if self.prune_criterion not in PRUNE_CRITERIA:
+      raise ValueError(f"prune_criterion must be one of {', '.join(PRUNE_CRITERIA)}, got {self.prune_criterion!r}.")
+    if self.prune_criterion == "scores" and (self.distribute != "default" or self.pruning.m_by_n):
+      raise ValueError("prune_criterion 'scores' learns unstructured masks on one device; it cannot be combined "
+                       f"with distribute {self.distribute!r} or m_by_n {self.pruning.m_by_n}.")
     if self.distribute not in distribute_lib.STRATEGY_NAMES:
       raise ValueError(f"distribute must be one of {', '.join(distribute_lib.STRATEGY_NAMES)}, "
                        f"got {self.distribute!r}.")
@@ -124,6 +138,7 @@ class RunConfig:
         "finetune_objective": lambda d: objectives.ObjectiveConfig(**d),
         "pruning": lambda d: pruning_lib.PruningConfig(**_tuples(d)),
         "evaluation": lambda d: evaluation_lib.EvalConfig(**d),
+        "scores": scores_lib.ScoreConfig.from_dict,
     }
     values = {key: fields[key](value) if key in fields else value for key, value in config.items()}
     values["sparsities"] = tuple(values.get("sparsities", (0.9,)))

@@ -31,6 +31,7 @@ from tfrobprune import models
 from tfrobprune import objectives
 from tfrobprune import pruning
 from tfrobprune import report as report_lib
+from tfrobprune import scores
 from tfrobprune import training
 from tfrobprune.keras_compat import keras, tf
 
@@ -248,6 +249,18 @@ def _check_pruning_config(ctx):
     pruning.prune_model(_new_dense_model(ctx), prune_config)
 
 
+def _learned_masks(ctx, model, target, phase):
+  """HYDRA's criterion: masks whose scores were optimised with the fine-tuning objective, weights frozen."""
+  config = ctx.config
+  score_config = dataclasses.replace(config.scores, batch_size=config.finetune.batch_size,
+                                     scope=config.pruning.scope, exclude_layers=config.pruning.exclude_layers)
+  objective = objectives.make_objective(config.finetune_objective, ctx.dataset.num_classes, seed=config.seed)
+  ctx.log(f"[scores_{phase}] learning a {target:g}-sparse mask with objective {config.finetune_objective.name} "
+          f"({score_config.epochs} epochs)")
+  return scores.learn_masks(model, objective, _dataset_fn(ctx, score_config.batch_size, f"scores_{phase}"), target,
+                            score_config, seed=config.seed, log=ctx.log)
+
+
 def _prune_and_finetune(ctx, dense_model, sparsity):
   """Prunes a copy of the dense model to `sparsity` in `prune_rounds` prune/fine-tune rounds; returns it stripped."""
   config = ctx.config
@@ -260,9 +273,12 @@ def _prune_and_finetune(ctx, dense_model, sparsity):
       ctx.log(f"[{phase}] finished earlier; loading its model.")
       current, history = load_model(_model_path(ctx, phase)), history + finished["history"]
       continue
-    prune_config = _round_pruning_config(config.pruning, target, int(config.prune_end_fraction * steps))
-    with ctx.strategy.scope():
-      wrapped = pruning.prune_model(current, prune_config)
+    if config.prune_criterion == "scores":
+      wrapped = pruning.fixed_mask_prune(current, _learned_masks(ctx, current, target, phase))
+    else:
+      prune_config = _round_pruning_config(config.pruning, target, int(config.prune_end_fraction * steps))
+      with ctx.strategy.scope():
+        wrapped = pruning.prune_model(current, prune_config)
     driver = pruning.PruningStepDriver(wrapped, log_dir=ctx.path("tensorboard", f"pruning_{phase}"))
     round_history = _run_phase(ctx, wrapped, config.finetune, config.finetune_objective, phase, driver)
     with ctx.strategy.scope():
