@@ -72,12 +72,14 @@ def _is_wrapper(layer):
 # Configuration.
 
 
-def _check_fraction(name, value):
+def check_fraction(name, value):
+  """Raises a ValueError naming `name` unless `value` is a number in [0, 1) (a sparsity)."""
   if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
     raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.")
 
 
-def _check_int(name, value, minimum):
+def check_int(name, value, minimum):
+  """Raises a ValueError naming `name` unless `value` is an integer >= `minimum`."""
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
     raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
@@ -151,13 +153,13 @@ class PruningConfig:
     self._validate()
 
   def _validate(self):
-    _check_fraction("target_sparsity", self.target_sparsity)
-    _check_fraction("initial_sparsity", self.initial_sparsity)
+    check_fraction("target_sparsity", self.target_sparsity)
+    check_fraction("initial_sparsity", self.initial_sparsity)
     _check_choice("schedule", self.schedule, SCHEDULES)
     _check_choice("scope", self.scope, SCOPES)
-    _check_int("begin_step", self.begin_step, 0)
-    _check_int("end_step", self.end_step, 0)
-    _check_int("frequency", self.frequency, 1)
+    check_int("begin_step", self.begin_step, 0)
+    check_int("end_step", self.end_step, 0)
+    check_int("frequency", self.frequency, 1)
     if not all(isinstance(name, str) for name in self.exclude_layers):
       raise ValueError(f"exclude_layers must hold layer names (strings), got {self.exclude_layers!r}.")
     if self.schedule == "polynomial":
@@ -215,8 +217,8 @@ def iterative_targets(final_sparsity, rounds):
   Raises:
     ValueError: for a sparsity outside [0, 1) or fewer than one round.
   """
-  _check_fraction("final_sparsity", final_sparsity)
-  _check_int("rounds", rounds, 1)
+  check_fraction("final_sparsity", final_sparsity)
+  check_int("rounds", rounds, 1)
   keep_per_round = (1.0 - final_sparsity)**(1.0 / rounds)
   return [1.0 - keep_per_round**r for r in range(1, rounds)] + [float(final_sparsity)]
 
@@ -328,7 +330,7 @@ def global_magnitude_targets(model, sparsity, exclude_layers=()):
   Raises:
     ValueError: for a sparsity outside [0, 1), unknown excluded names or no prunable layer left.
   """
-  _check_fraction("sparsity", sparsity)
+  check_fraction("sparsity", sparsity)
   _check_layer_names(model, exclude_layers, "exclude_layers")
   kernels = [(name, kernel) for name, kernel in _prunable_kernels(model) if name not in exclude_layers]
   if not kernels:

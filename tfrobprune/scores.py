@@ -41,6 +41,7 @@ import numbers
 import numpy as np
 
 from tfrobprune import bounds
+from tfrobprune import pruning
 from tfrobprune import training
 from tfrobprune.keras_compat import keras, require_keras2_model, tf
 from tfrobprune.models import prunable_layers
@@ -51,16 +52,6 @@ OPTIMIZERS = training.OPTIMIZERS
 
 # ----------------------------------------------------------------------------------------------------------------
 # Configuration.
-
-
-def _check_fraction(name, value):
-  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-    raise ValueError(f"{name} must be a number in [0, 1), got {value!r}.")
-
-
-def _check_int(name, value, minimum):
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +85,8 @@ class ScoreConfig:
       object.__setattr__(self, "exclude_layers", tuple(self.exclude_layers))
     except TypeError:
       raise ValueError(f"exclude_layers must be a sequence of layer names, got {self.exclude_layers!r}.") from None
-    _check_int("epochs", self.epochs, 0)
-    _check_int("batch_size", self.batch_size, 1)
+    pruning.check_int("epochs", self.epochs, 0)
+    pruning.check_int("batch_size", self.batch_size, 1)
     if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, numbers.Real) or not (
         self.learning_rate > 0 and math.isfinite(self.learning_rate)):
       raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate!r}.")
@@ -327,7 +318,7 @@ def learn_masks(model, objective, dataset_fn, sparsity, config, *, layer_targets
   """
   if not isinstance(config, ScoreConfig):
     raise TypeError(f"config must be a ScoreConfig, got {type(config).__name__}.")
-  _check_fraction("sparsity", sparsity)
+  pruning.check_fraction("sparsity", sparsity)
   _check_model(model)
   names = _scored_layer_names(model, config.exclude_layers)
   sizes = {layer.name: int(np.prod(layer.kernel.shape)) for layer in prunable_layers(model) if layer.name in names}
@@ -388,7 +379,7 @@ def _keep_counts(sizes, sparsity, scope, layer_targets):
     raise ValueError(f"layer_targets names layers {unknown} that are not scored Dense/Conv2D layers; scored layers "
                      f"are {', '.join(sizes)}.")
   for name, target in targets.items():
-    _check_fraction(f"layer_targets[{name!r}]", target)
+    pruning.check_fraction(f"layer_targets[{name!r}]", target)
   return {name: max(1, size - int(round(targets.get(name, sparsity) * size))) for name, size in sizes.items()}
 
 
