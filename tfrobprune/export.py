@@ -471,6 +471,11 @@ def export_tflite(model, path, variant, representative_images=None):
     ValueError: for an unknown variant, a wrapped model or missing representative images.
   """
   flatbuffer = convert_tflite(model, variant, representative_images)
+  return _write_flatbuffer(path, flatbuffer, variant, _VARIANTS[variant][2])
+
+
+def _write_flatbuffer(path, flatbuffer, variant, quantization):
+  """Writes a TFLite flatbuffer atomically; returns its record (sizes raw and gzipped, checksum, encoding)."""
   _write_artifact(path, flatbuffer)
   return {
       "path": path,
@@ -478,7 +483,7 @@ def export_tflite(model, path, variant, representative_images=None):
       "gzip_bytes": len(gzip.compress(flatbuffer, compresslevel=9)),
       "sha256": hashlib.sha256(flatbuffer).hexdigest(),
       "variant": variant,
-      "quantization": _VARIANTS[variant][2],
+      "quantization": quantization,
       "sparse_encoding": sparse_tensors(flatbuffer),
   }
 
@@ -710,19 +715,10 @@ def export_pqat(model, x, y, path, epochs=1):
   quantized, kept = pqat_model(model, x, y, epochs)
   converter = tf.lite.TFLiteConverter.from_keras_model(quantized)
   converter.optimizations = [tf.lite.Optimize.DEFAULT, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-  flatbuffer = converter.convert()
-  _write_artifact(path, flatbuffer)
-  return {
-      "path": path,
-      "bytes": len(flatbuffer),
-      "gzip_bytes": len(gzip.compress(flatbuffer, compresslevel=9)),
-      "sha256": hashlib.sha256(flatbuffer).hexdigest(),
-      "variant": PQAT_VARIANT,
-      "quantization": "quantization-aware int8 weights and activations (pruning-preserving), float32 input/output",
-      "sparse_encoding": sparse_tensors(flatbuffer),
-      "zeros_kept": kept,
-      "model": quantized,
-  }
+  record = _write_flatbuffer(
+      path, converter.convert(), PQAT_VARIANT,
+      "quantization-aware int8 weights and activations (pruning-preserving), float32 input/output")
+  return dict(record, zeros_kept=kept, model=quantized)
 
 
 # ----------------------------------------------------------------------------------------------------------------
