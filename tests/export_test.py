@@ -342,6 +342,22 @@ class TFLiteTest(ExportTestCase):
       export.export_tflite(self.model, os.path.join(self.create_tempdir().full_path, "m.tflite"), "int4")
 
 
+class TieAwareAccuracyTest(tf.test.TestCase):
+
+  def testTiedTopLogits_SplitTheCredit(self):
+    logits = np.array([[1., 1., 0.], [2., 0., 0.], [0., 0., 0.], [0., 3., 3.]], np.float32)
+    # Row 0: label 0 tied with class 1 (1/2); row 1: right (1); row 2: three-way tie (1/3); row 3: label 0 not on top.
+    self.assertAlmostEqual(export.tie_aware_accuracy(logits, [0, 0, 1, 0]), (.5 + 1. + 1. / 3 + 0.) / 4)
+
+  def testWithoutTies_IsArgmaxAccuracy(self):
+    logits = np.random.default_rng(0).normal(size=(50, 10)).astype(np.float32)
+    labels = np.random.default_rng(1).integers(0, 10, 50)
+    self.assertAlmostEqual(export.tie_aware_accuracy(logits, labels), float(np.mean(logits.argmax(1) == labels)))
+
+  def testNoRows_IsNone(self):
+    self.assertIsNone(export.tie_aware_accuracy(np.zeros((0, 3)), []))
+
+
 class ExportAllTest(ExportTestCase):
 
   def testReportsEveryArtifactWithItsFigures(self):
@@ -355,6 +371,9 @@ class ExportAllTest(ExportTestCase):
     self.assertEqual(self.artifacts["float32"]["runtime"], "xnnpack")
     self.assertIn("fresh process", self.artifacts["saved_model"]["runtime"])
     self.assertEqual(self.artifacts["dense_float32"]["size_ratio_vs_dense_float"], 1.0)
+    for variant in export.TFLITE_VARIANTS:
+      self.assertBetween(self.artifacts[variant]["pgd_ties"], 0.0, 1.0)
+    self.assertEqual(self.artifacts["float32"]["benign_ties"], 0.0)
     self.assertGreater(self.artifacts["int8_sparse"]["size_ratio_vs_dense_float"], 4.0)
 
   @parameterized.named_parameters(("SavedModel", "saved_model"), ("Float32", "float32"),

@@ -89,11 +89,13 @@ def markdown(report):
   lines += ["", "## Per-layer sparsity (pruned model)", "", "| layer | sparsity |", "|---|---|"]
   lines += [f"| {name} | {_percent(value)} |" for name, value in pruned.get("layer_sparsity", {}).items()]
   if report.get("artifacts"):
-    lines += ["", "## Deployment artifacts", "", "| artifact | bytes | benign | pgd (Keras adv.) | agreement |",
-              "|---|---|---|---|---|"]
+    lines += ["", "## Deployment artifacts", "",
+              "| artifact | bytes | benign | pgd (Keras adv.) | agreement | tied top logits (adv.) |",
+              "|---|---|---|---|---|---|"]
     for name, row in report["artifacts"].items():
       lines.append(f"| {name} | {row.get('bytes', 0):,} | {_percent(row.get('benign_acc'))} | "
-                   f"{_percent(row.get('pgd_acc'))} | {_percent(row.get('agreement'))} |")
+                   f"{_percent(row.get('pgd_acc'))} | {_percent(row.get('agreement'))} | "
+                   f"{_percent(row.get('pgd_ties'))} |")
   return "\n".join(lines) + "\n"
 
 
