@@ -18,11 +18,21 @@ import sys
 
 from absl import app
 from absl import flags
+import numpy as np
 
+from tfrobprune import checkpointing
+from tfrobprune import config as config_lib
 from tfrobprune import data
 from tfrobprune import distribute
+from tfrobprune import evaluation
 from tfrobprune import models
 from tfrobprune import objectives
+from tfrobprune import pipeline
+from tfrobprune import pruning
+from tfrobprune import scores as scores_lib
+from tfrobprune import serving
+from tfrobprune import tflite_bench
+from tfrobprune import training
 
 
 # Run.
@@ -181,10 +191,6 @@ def _steps_per_epoch():
 
 def config_from_flags():
   """Builds the `RunConfig` the flags describe (the only place that reads FLAGS)."""
-  # Imported here so that `--help` does not pay for TensorFlow.
-  from tfrobprune import config as config_lib  # pylint: disable=g-import-not-at-top
-  from tfrobprune import evaluation, pruning, training  # pylint: disable=g-import-not-at-top
-  from tfrobprune import scores as scores_lib  # pylint: disable=g-import-not-at-top
   steps = _steps_per_epoch()
   ramp = dict(eps_warmup_steps=int(_EPS_WARMUP_EPOCHS.value * steps), eps_ramp_steps=int(_EPS_RAMP_EPOCHS.value * steps),
               eps_ramp_shape=_EPS_RAMP_SHAPE.value)
@@ -263,10 +269,6 @@ class _StopRequest:
 def _train():
   if not _OUTPUT_DIR.value:
     return _fail("--output_dir is required for `train`.")
-  from tfrobprune import checkpointing  # pylint: disable=g-import-not-at-top  (keeps --help fast)
-  from tfrobprune import data as data_lib  # pylint: disable=g-import-not-at-top
-  from tfrobprune import pipeline  # pylint: disable=g-import-not-at-top
-  from tfrobprune import training  # pylint: disable=g-import-not-at-top
   try:  # first, before any TensorFlow op: logical CPUs and the multi-worker runtime configure TensorFlow's start
     strategy = distribute.make_strategy(_DISTRIBUTE.value, _LOGICAL_CPUS.value)
   except (ValueError, RuntimeError) as error:
@@ -281,7 +283,7 @@ def _train():
   except training.TrainingInterrupted as error:
     print(f"tfrobprune: {error}", file=sys.stderr)
     return 130 if stop.signal_name == "SIGINT" else 143
-  except (ValueError, data_lib.DataError, OSError, training.NonFiniteLossError,
+  except (ValueError, data.DataError, OSError, training.NonFiniteLossError,
           checkpointing.ConfigMismatchError) as error:
     return _fail(str(error))
   if report is None:
@@ -296,11 +298,9 @@ def _train():
 def _export():
   if not _RUN_DIR.value:
     return _fail("--run_dir is required for `export` (the output directory of a finished run).")
-  from tfrobprune import data as data_lib  # pylint: disable=g-import-not-at-top
-  from tfrobprune import pipeline  # pylint: disable=g-import-not-at-top
   try:
     artifacts = pipeline.export_existing_run(_RUN_DIR.value)
-  except (ValueError, data_lib.DataError, OSError) as error:
+  except (ValueError, data.DataError, OSError) as error:
     return _fail(str(error))
   for name, row in artifacts.items():
     print(f"{name}: {row.get('bytes', 0):,} bytes, benign {row.get('benign_acc')}, agreement {row.get('agreement')}")
@@ -310,7 +310,6 @@ def _export():
 def _serve():
   if not _EXPORT_DIR.value or not _MODEL_NAME.value:
     return _fail("`serve` needs --export_dir (RUN/export/saved_model) and --model_name.")
-  from tfrobprune import serving  # pylint: disable=g-import-not-at-top
   try:
     serving.serve_forever(_EXPORT_DIR.value, _MODEL_NAME.value, host=_HOST.value, grpc_port=_GRPC_PORT.value,
                           rest_port=_REST_PORT.value, max_batch=_MAX_BATCH.value)
@@ -322,8 +321,6 @@ def _serve():
 def _bench_tflite():
   if not _EXPORT_DIR.value:
     return _fail("--export_dir is required for `bench-tflite` (RUN/export or a folder of .tflite files).")
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from tfrobprune import tflite_bench  # pylint: disable=g-import-not-at-top
   try:
     shape = tflite_bench.input_shape(_EXPORT_DIR.value)
     images = np.random.default_rng(0).random((16,) + shape, dtype=np.float32)  # latency does not depend on pixels

@@ -31,6 +31,7 @@ import os
 import shutil
 import tempfile
 
+from tfrobprune import attacks
 from tfrobprune import pruning
 from tfrobprune.keras_compat import keras, tf
 
@@ -269,13 +270,11 @@ def route_attacks_around_pruning_wrappers(objective, model):
   still goes through the wrappers, so tfmot's step counting and mask updates are unchanged.
 
   Args:
-    objective: an `objectives.Objective` (its `inference_fn(model)` gives the attacks' model function).
+    objective: an `objectives.Objective` (`attack_through` redirects its attacks).
     model: the tfmot-wrapped model being trained.
   """
   view = tfmot.sparsity.keras.strip_pruning(model)
-  attack_model_fn = lambda x: view(x, training=False)  # noqa: E731  (what attacks.inference_fn builds)
-  model_inference_fn = objective.inference_fn
-  objective.inference_fn = lambda m: attack_model_fn if m is model else model_inference_fn(m)
+  objective.attack_through(model, attacks.inference_fn(view))
 
 
 def single_device_copy(model, strategy):

@@ -128,6 +128,14 @@ class Objective:
       self._inference_fns[key] = attacks.inference_fn(model)
     return self._inference_fns[key]
 
+  def attack_through(self, model, model_fn):
+    """Makes the attacks on `model` call `model_fn` (images -> logits, inference mode) instead of the model itself.
+
+    For a stand-in that computes what `model(x, training=False)` computes, e.g. the wrapper-free view of a pruned
+    model that `distribute.route_attacks_around_pruning_wrappers` sets up.
+    """
+    self._inference_fns[id(model)] = model_fn
+
   def __call__(self, model, x, y, step):
     raise NotImplementedError
 
