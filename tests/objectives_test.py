@@ -100,6 +100,23 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllClose(loss, self.robust_loss, atol=1e-4)
     self.assertAllClose(metrics["verified_acc"], 0.5)
 
+  @parameterized.parameters((1.0, 0.0), (0.5, 0.5))
+  def testIbpGradient_IsTheKappaMixOfNaturalAndRobustGradients(self, robust_weight, kappa):
+    # With kappa 0 the clean pass is cut off from the gradient (it only feeds the metrics); the gradient must be
+    # the robust loss's alone, and with kappa > 0 the mix.
+    objective = objectives.make_objective(self._config("ibp", robust_weight=robust_weight), 2)
+    step = tf.constant(10 ** 6, tf.int64)
+    variables = self.model.trainable_variables
+    with tf.GradientTape(persistent=True) as tape:
+      loss, metrics = tf.function(lambda x, y: objective(self.model, x, y, step))(self.x, self.y)
+      natural = objectives._cross_entropy(self.y, self.model(self.x, training=False))
+      robust = tf.reduce_mean(bounds.robust_cross_entropy(bounds.margin_bounds(self.model, self.x, self.y, EPS, 2)))
+      expected = kappa * natural + (1 - kappa) * robust
+    self.assertAllClose(metrics["kappa"], kappa)
+    self.assertAllClose(metrics["natural_loss"], self.natural_loss, atol=1e-5)
+    for got, want in zip(tape.gradient(loss, variables), tape.gradient(expected, variables)):
+      self.assertAllClose(got, want, atol=1e-5)
+
   @parameterized.parameters("natural", "pgd", "trades", "ibp", "crown_ibp")
   def testCallsTheModelInTrainingModeOncePerStep(self, name):
     counter = CallCounter()
