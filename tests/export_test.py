@@ -262,11 +262,26 @@ class TFLiteTest(ExportTestCase):
     self.assertAllEqual(np.argmax(logits, axis=1), self.keras_predictions)
     self.assertEqual(runtime, "xnnpack")
 
-  @parameterized.named_parameters(("Dynamic", "int8_dynamic"), ("Full", "int8_full"), ("Sparse", "int8_sparse"))
+  @parameterized.named_parameters(("Dynamic", "int8_dynamic"), ("Full", "int8_full"), ("Sparse", "int8_sparse"),
+                                  ("FloatLogits", "int8_float_logits"))
   def testInt8Variant_AgreesWithKeras(self, variant):
     logits, _ = export.run_tflite(self._tflite_path(variant), self.x_test, num_threads=2)
     self.assertEqual(logits.dtype, np.float32)
     self.assertGreaterEqual(np.mean(np.argmax(logits, axis=1) == self.keras_predictions), 0.9)
+
+  def testInt8FloatLogits_QuantizesEveryLayerButTheLast_AndRunsUnderXnnpack(self):
+    from ai_edge_litert import interpreter as litert  # pylint: disable=g-import-not-at-top
+    interpreter = litert.Interpreter(model_path=self._tflite_path("int8_float_logits"))
+    tensors = interpreter.get_tensor_details()
+    ops = [op for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
+    weight_types = [tensors[op["inputs"][1]]["dtype"] for op in ops]
+    self.assertEqual(weight_types, [np.int8] * (len(ops) - 1) + [np.float32])
+    self.assertEqual(tensors[ops[-1]["inputs"][0]]["dtype"], np.float32)  # dequantized before the last layer
+    logits, runtime = export.run_tflite(self._tflite_path("int8_float_logits"), self.x_test)
+    self.assertEqual(runtime, "xnnpack")
+    full, _ = export.run_tflite(self._tflite_path("int8_full"), self.x_test)
+    # A float last layer is closer to Keras than an 8-bit one.
+    self.assertLess(np.mean(np.abs(logits - self.keras_logits)), np.mean(np.abs(full - self.keras_logits)))
 
   def testInt8Sparse_FailsUnderXnnpack_RunsOnBuiltinKernels(self):
     # LiteRT 2.3: XNNPACK cannot prepare the sparse int8 FULLY_CONNECTED kernel. If this starts to pass under
@@ -332,7 +347,8 @@ class TFLiteTest(ExportTestCase):
       pass
     self.assertEqual(os.stat(path).st_mode, os.stat(os.path.join(os.path.dirname(path), "plain")).st_mode)
 
-  @parameterized.named_parameters(("Full", "int8_full"), ("Sparse", "int8_sparse"))
+  @parameterized.named_parameters(("Full", "int8_full"), ("Sparse", "int8_sparse"),
+                                  ("FloatLogits", "int8_float_logits"))
   def testInt8Calibrated_WithoutRepresentativeImages_Raises(self, variant):
     with self.assertRaisesRegex(ValueError, "representative_images"):
       export.export_tflite(self.model, os.path.join(self.create_tempdir().full_path, "m.tflite"), variant)
@@ -386,7 +402,7 @@ class ExportAllTest(ExportTestCase):
     self.assertLess(figures["max_abs_logit_diff"], 1e-4)
 
   def testInt8Artifacts_AgreeWithKeras(self):
-    for variant in ("int8_dynamic", "int8_full", "int8_sparse", "pqat_int8"):
+    for variant in ("int8_dynamic", "int8_full", "int8_sparse", "int8_float_logits", "pqat_int8"):
       self.assertGreaterEqual(self.artifacts[variant]["agreement"], 0.9, variant)
 
   def testManifest_ChecksumsAndSizesMatchTheFiles(self):

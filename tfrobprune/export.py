@@ -50,6 +50,10 @@ every variant is called and compared the same way; `run_tflite` still handles in
     int8_full       full integer: int8 weights and activations, calibrated on `representative_images`
     int8_sparse     int8_full + EXPERIMENTAL_SPARSITY: the smallest; >= 10x smaller than the dense float model at
                     90% sparsity (cnn_small 28x28x1: 668,864 -> 62,288 bytes, 10.7x)
+    int8_float_logits  int8_full with the last layer (the logits) left in float32: its int8 output has 256 levels
+                    (0.08 apart for the Fashion-MNIST reference), so two classes tie on ~2% of adversarial inputs,
+                    which sit on the decision boundary; a float last layer (0.6% of cnn_small's weights, 3 KB more)
+                    removes the ties and follows the Keras model's decisions. Not for integer-only accelerators.
     pqat_int8       optional (`export_pqat`, `export_all(pqat_data=...)`): pruning-preserving quantization-aware
                     fine-tuning (tfmot Default8BitPrunePreserveQuantizeScheme), then int8 + EXPERIMENTAL_SPARSITY
 
@@ -83,7 +87,8 @@ SIGNATURE_KEY = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "probabilities", "classes")
 
-TFLITE_VARIANTS = ("float32", "float32_sparse", "int8_dynamic", "int8_full", "int8_sparse")
+TFLITE_VARIANTS = ("float32", "float32_sparse", "int8_dynamic", "int8_full", "int8_sparse",
+                   "int8_float_logits")
 DENSE_BASELINE = "dense_float32"
 PQAT_VARIANT = "pqat_int8"
 SAVED_MODEL = "saved_model"
@@ -96,7 +101,11 @@ _VARIANTS = {
     "int8_full": (("DEFAULT",), True, "full integer: int8 weights and activations, float32 input/output"),
     "int8_sparse": (("DEFAULT", "EXPERIMENTAL_SPARSITY"), True,
                     "full integer: int8 weights and activations, float32 input/output"),
+    "int8_float_logits": (("DEFAULT",), True,
+                          "int8 weights and activations except the last layer (float32), float32 input/output"),
 }
+# Variants whose last layer stays float32 (quantized by LiteRT's quantization debugger with that layer deny-listed).
+_FLOAT_LOGITS = ("int8_float_logits",)
 
 RUNTIME_XNNPACK = "xnnpack"
 RUNTIME_BUILTIN = "builtin_no_delegates"
@@ -413,7 +422,7 @@ def convert_tflite(model, variant, representative_images=None):
   """Converts `model` to a TFLite flatbuffer of one of `TFLITE_VARIANTS`; returns the bytes.
 
   Raises:
-    ValueError: for an unknown variant, or an int8_full / int8_sparse variant without representative images.
+    ValueError: for an unknown variant, or a calibrated int8 variant without representative images.
   """
   if variant not in _VARIANTS:
     raise ValueError(f"Unknown TFLite variant {variant!r}; choose one of {', '.join(TFLITE_VARIANTS)}.")
@@ -427,9 +436,27 @@ def convert_tflite(model, variant, representative_images=None):
                        "images in [0, 1]) to calibrate their ranges.")
     images = _check_images("representative_images", representative_images, shape)
     converter.representative_dataset = _representative_dataset(images)
+    if variant in _FLOAT_LOGITS:
+      return _quantized_except_output(model, converter)
     # Fail rather than silently keep float ops: int8 weights *and* activations, float32 input and output.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
   return converter.convert()
+
+
+def _quantized_except_output(model, converter):
+  """Full-integer quantization of everything but the op producing the model's output (the logits layer).
+
+  LiteRT's quantization debugger calibrates the model and quantizes it with a deny-list of ops, named by their output
+  tensor in the float model; the logits op's output is the model's output tensor.
+  """
+  from ai_edge_litert import interpreter as litert  # pylint: disable=g-import-not-at-top
+
+  float_model = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+  output_name = litert.Interpreter(model_content=float_model).get_output_details()[0]["name"]
+  options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=[output_name])
+  debugger = tf.lite.experimental.QuantizationDebugger(
+      converter=converter, debug_dataset=converter.representative_dataset, debug_options=options)
+  return debugger.get_nondebug_quantized_model()
 
 
 def sparse_tensors(flatbuffer):
@@ -460,8 +487,8 @@ def export_tflite(model, path, variant, representative_images=None):
     model: a built, stripped Keras 2 model from [0, 1] images to logits.
     path: the .tflite file to write (its directory must exist).
     variant: one of `TFLITE_VARIANTS` (see the module docstring).
-    representative_images: float32 [N, H, W, C] training images in [0, 1]; required by 'int8_full' and
-      'int8_sparse' (the first 200 calibrate the activation ranges).
+    representative_images: float32 [N, H, W, C] training images in [0, 1]; required by 'int8_full',
+      'int8_sparse' and 'int8_float_logits' (200 spread over them calibrate the activation ranges).
 
   Returns:
     {'path', 'bytes', 'gzip_bytes', 'sha256', 'variant', 'quantization', 'sparse_encoding'}, where
@@ -838,7 +865,7 @@ def export_all(model, output_dir, *, model_name, x_test, y_test, x_adv, keras_pr
     y_test: int64 [N] labels.
     x_adv: float32 [N, H, W, C] adversarial versions of x_test (same labels).
     keras_predictions: int64 [N] the Keras model's classes on x_test ('agreement' compares with these).
-    representative_images: training images in [0, 1] to calibrate the int8_full / int8_sparse variants.
+    representative_images: training images in [0, 1] to calibrate the int8 variants with quantized activations.
     source_run: JSON-compatible facts about the run that produced the model (config, sparsity report, ...), copied
       into the manifest.
     sparsity: the model's sparsity (fraction of zero kernel weights), copied into the manifest.
