@@ -13,7 +13,6 @@ import numpy as np  # noqa: E402
 from tfrobprune import pruning  # noqa: E402
 from tfrobprune.keras_compat import keras, tf  # noqa: E402
 from tfrobprune.models import build_model  # noqa: E402
-import tensorflow_model_optimization as tfmot  # noqa: E402,I100  (after keras_compat)
 
 _IMAGE_SHAPE = (12, 12, 1)
 
@@ -48,9 +47,9 @@ def _masks(model):
 class _Loop:
   """A custom training loop like tfrobprune's: compiled step, driver calls in Python, attack-like inference passes."""
 
-  def __init__(self, model, inference_calls=0, training_calls=1, log_dir=None, mask_schedule=None):
+  def __init__(self, model, inference_calls=0, training_calls=1, log_dir=None):
     self.model = model
-    self.driver = pruning.PruningStepDriver(model, log_dir, mask_schedule=mask_schedule)
+    self.driver = pruning.PruningStepDriver(model, log_dir)
     self.inference_calls = inference_calls
     self.step_log = []  # pruning_step of each wrapper right after each optimizer step
     shape = model.input_shape[1:]
@@ -348,80 +347,6 @@ class FixedMaskPruneTest(tf.test.TestCase):
   def testRejectsMaskOfWrongShape_NamingLayer(self):
     with self.assertRaisesRegex(ValueError, "'fc1'"):
       pruning.fixed_mask_prune(_cnn_small(), {"fc1": np.ones((3, 3))})
-
-
-
-def _top_masks(importance, keep):
-  """{name: mask of the `keep[name]` largest entries}, ties to the lower flat index (as tf.math.top_k)."""
-  masks = {}
-  for name, values in importance.items():
-    mask = np.zeros(values.size, np.float32)
-    mask[np.argsort(-values.ravel(), kind="stable")[:keep[name]]] = 1.0
-    masks[name] = mask.reshape(values.shape)
-  return masks
-
-
-class ImportanceScheduleTest(tf.test.TestCase):
-
-  def setUp(self):
-    super().setUp()
-    self.model = _dense_model([6, 5], 4)
-    rng = np.random.default_rng(3)
-    self.importance = {name: rng.random(self.model.get_layer(name).kernel.shape).astype(np.float32)
-                       for name in ("d0", "d1")}
-    self.final = _top_masks(self.importance, {"d0": 3, "d1": 6})  # sparsities 21/24 and 24/30
-    self.config = pruning.PruningConfig(target_sparsity=0.8, schedule="polynomial", begin_step=0, end_step=8,
-                                        frequency=2)
-
-  def testMasks_ShrinkOnTheSchedule_NestedDownToTheFinalMasks(self):
-    schedule = pruning.ImportanceSchedule(self.importance, self.final, self.config)
-    previous = schedule.initial_masks()
-    self.assertEqual(sum(float(m.sum()) for m in previous.values()), 24 + 30)  # initial sparsity 0
-    turns = []
-    for step in range(14):
-      masks = schedule.masks_at(step)
-      if masks is None:
-        continue
-      turns.append(step)
-      for name, mask in masks.items():
-        self.assertTrue(np.all(mask <= previous[name]), f"step {step}: {name} regrew weights")
-        expected = float(tfmot_polynomial(self.final[name], self.config)(tf.constant(step, tf.int64))[1])
-        self.assertEqual(int(mask.size - mask.sum()), int(round(expected * mask.size)))
-      previous = masks
-    self.assertEqual(turns, [1, 3, 5, 7, 9])  # tfmot's 1-based steps: begin_step + 1 ... end_step + 1
-    for name in self.final:
-      self.assertAllEqual(previous[name], self.final[name])
-
-  def testDriver_InstallsTheScheduledMasks_AndFinalizeTheFinalOnes(self):
-    schedule = pruning.ImportanceSchedule(self.importance, self.final, self.config)
-    model = pruning.fixed_mask_prune(self.model, schedule.initial_masks())
-    loop = _Loop(model, mask_schedule=schedule).run(4)
-    expected = schedule.masks_at(3)
-    for name in self.final:
-      self.assertAllEqual(_masks(model)[name], expected[name])
-      self.assertLess(float(expected[name].sum()), self.importance[name].size)
-    loop.run(8).end_epoch()
-    loop.driver.finalize()
-    for name, mask in self.final.items():
-      self.assertAllEqual(_masks(model)[name], mask)
-      self.assertAllEqual(model.get_layer(f"prune_low_magnitude_{name}").layer.kernel.numpy() != 0, mask == 1)
-
-  def testFinalMaskNotTheTopOfItsImportance_Raises(self):
-    wrong = dict(self.final, d1=1.0 - self.final["d1"])
-    with self.assertRaisesRegex(ValueError, "'d1' is not the top"):
-      pruning.ImportanceSchedule(self.importance, wrong, self.config)
-
-  def testMismatchedLayers_Raise(self):
-    with self.assertRaisesRegex(ValueError, "final_masks names"):
-      pruning.ImportanceSchedule(self.importance, {"d0": self.final["d0"]}, self.config)
-
-
-def tfmot_polynomial(final_mask, config):
-  """tfmot's PolynomialDecay for a layer whose final sparsity is that of `final_mask` (1-based steps)."""
-  final = 1.0 - float(final_mask.sum()) / final_mask.size
-  return tfmot.sparsity.keras.PolynomialDecay(0.0, final, begin_step=config.begin_step + 1,
-                                              end_step=config.end_step + 1, frequency=config.frequency)
-
 
 
 if __name__ == "__main__":

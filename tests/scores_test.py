@@ -232,20 +232,6 @@ class LearnMasksTest(tf.test.TestCase, parameterized.TestCase):
                                scores.ScoreConfig(epochs=0, scope="global"), log=_quiet)
     self.assertEqual({name: int(mask.sum()) for name, mask in masks.items()}, {"small": 1, "large": 4})
 
-  @parameterized.parameters("layer", "global")
-  def testReturnedScores_RankTheMasks_SoAnImportanceScheduleReachesThem(self, scope):
-    model = _cnn_small()
-    masks, importance = scores.learn_masks(model, _objective("natural"), _image_dataset_fn(), 0.8,
-                                           scores.ScoreConfig(epochs=1, scope=scope), log=_quiet, return_scores=True)
-    self.assertEqual(list(importance), list(masks))
-    for name, mask in masks.items():
-      self.assertEqual(importance[name].shape, mask.shape)
-      self.assertGreaterEqual(importance[name][mask == 1].min(), importance[name][mask == 0].max())
-    config = pruning.PruningConfig(target_sparsity=0.8, schedule="polynomial", begin_step=0, end_step=4, frequency=2)
-    schedule = pruning.ImportanceSchedule(importance, masks, config)  # raises unless each mask tops its scores
-    for name, mask in schedule.masks_at(5).items():
-      self.assertAllEqual(mask, masks[name])
-
   def testSparsityZeroGivesAllOnesMasks(self):
     masks = scores.learn_masks(_cnn_small(), _objective("natural"), _image_dataset_fn(), 0.0, scores.ScoreConfig(),
                                log=_quiet)

@@ -99,7 +99,7 @@ _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "L2 penalty on kernels."
 # Pruning.
 _SPARSITY = flags.DEFINE_list("sparsity", ["0.9"], "Target sparsity, or a comma-separated sweep (0.5,0.9,0.99).")
 _PRUNE_SCHEDULE = flags.DEFINE_enum("prune_schedule", "polynomial", ["constant", "polynomial"],
-                                    "One-shot (constant) or gradual (polynomial) pruning, for either criterion.")
+                                    "One-shot (constant) or gradual (polynomial) pruning.")
 _PRUNE_SCOPE = flags.DEFINE_enum("prune_scope", "layer", ["layer", "global"], "Per-layer or global magnitude.")
 _PRUNE_ROUNDS = flags.DEFINE_integer("prune_rounds", 1, "Prune/fine-tune rounds to the target.", lower_bound=1)
 _PRUNE_END_FRACTION = flags.DEFINE_float("prune_end_fraction", 0.5, "Part of fine-tuning over which sparsity ramps.",

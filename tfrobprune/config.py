@@ -75,9 +75,7 @@ class RunConfig:
     dense_checkpoint: path of a dense checkpoint to start from; pre-training is skipped.
     export: write deployment artifacts at the end.
     prune_criterion: which weights pruning removes: 'magnitude' (the paper's, tfmot's schedules) or 'scores'
-      (HYDRA: a mask learned with the fine-tuning objective while the weights stay frozen, then fine-tuned). Either
-      follows `pruning.schedule`: 'constant' prunes at once, 'polynomial' gradually (for scores, the lowest-scored
-      weights first, `pruning.ImportanceSchedule`).
+      (HYDRA: a mask learned with the fine-tuning objective while the weights stay frozen, then fine-tuned).
     scores: settings of the score optimisation (`prune_criterion='scores'`).
     distribute: the `tf.distribute` strategy training runs under, one of `distribute.STRATEGY_NAMES` ('default':
       one device). Recorded because it changes results slightly: batch normalisation normalises each replica's

@@ -250,8 +250,7 @@ def _check_pruning_config(ctx):
 
 
 def _learned_masks(ctx, model, target, phase):
-  """HYDRA's criterion: masks whose scores were optimised with the fine-tuning objective, weights frozen; returns
-  the masks and the scores."""
+  """HYDRA's criterion: masks whose scores were optimised with the fine-tuning objective, weights frozen."""
   config = ctx.config
   score_config = dataclasses.replace(config.scores, batch_size=config.finetune.batch_size,
                                      scope=config.pruning.scope, exclude_layers=config.pruning.exclude_layers)
@@ -259,20 +258,7 @@ def _learned_masks(ctx, model, target, phase):
   ctx.log(f"[scores_{phase}] learning a {target:g}-sparse mask with objective {config.finetune_objective.name} "
           f"({score_config.epochs} epochs)")
   return scores.learn_masks(model, objective, _dataset_fn(ctx, score_config.batch_size, f"scores_{phase}"), target,
-                            score_config, seed=config.seed, log=ctx.log, return_scores=True)
-
-
-def _score_pruned(ctx, model, target, phase, prune_config):
-  """The wrapped model and mask schedule of the 'scores' criterion.
-
-  The learned masks are reached on `prune_config`'s schedule: at once for 'constant' (HYDRA's one-shot pruning),
-  gradually for 'polynomial', removing the lowest-scored weights first, like magnitude pruning's schedule.
-  """
-  masks, importance = _learned_masks(ctx, model, target, phase)
-  if prune_config.schedule == "constant":
-    return pruning.fixed_mask_prune(model, masks), None
-  schedule = pruning.ImportanceSchedule(importance, masks, prune_config)
-  return pruning.fixed_mask_prune(model, schedule.initial_masks()), schedule
+                            score_config, seed=config.seed, log=ctx.log)
 
 
 def _prune_and_finetune(ctx, dense_model, sparsity):
@@ -287,15 +273,13 @@ def _prune_and_finetune(ctx, dense_model, sparsity):
       ctx.log(f"[{phase}] finished earlier; loading its model.")
       current, history = load_model(_model_path(ctx, phase)), history + finished["history"]
       continue
-    prune_config = _round_pruning_config(config.pruning, target, int(config.prune_end_fraction * steps))
-    mask_schedule = None
     if config.prune_criterion == "scores":
-      wrapped, mask_schedule = _score_pruned(ctx, current, target, phase, prune_config)
+      wrapped = pruning.fixed_mask_prune(current, _learned_masks(ctx, current, target, phase))
     else:
+      prune_config = _round_pruning_config(config.pruning, target, int(config.prune_end_fraction * steps))
       with ctx.strategy.scope():
         wrapped = pruning.prune_model(current, prune_config)
-    driver = pruning.PruningStepDriver(wrapped, log_dir=ctx.path("tensorboard", f"pruning_{phase}"),
-                                       mask_schedule=mask_schedule)
+    driver = pruning.PruningStepDriver(wrapped, log_dir=ctx.path("tensorboard", f"pruning_{phase}"))
     round_history = _run_phase(ctx, wrapped, config.finetune, config.finetune_objective, phase, driver)
     with ctx.strategy.scope():
       driver.finalize()

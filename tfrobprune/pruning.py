@@ -498,76 +498,6 @@ def fixed_mask_prune(model, masks):
   return pruned
 
 
-class ImportanceSchedule:
-  """Masks that reach given final masks gradually, removing the least important weights first.
-
-  For a criterion other than magnitude (learned scores): the pruned fraction of each layer follows `config`'s tfmot
-  schedule (polynomial from `initial_sparsity` to the layer's final sparsity, every `frequency` steps between
-  `begin_step` and `end_step`), and at each pruning turn a layer keeps its `k` most important weights, `k` shrinking
-  to the number `final_masks` keeps. The masks are nested, and the last one is `final_masks` exactly. So the
-  criterion decides which weights go and the schedule when, as with tfmot's magnitude pruning, and the network
-  adapts while it loses them (one-shot pruning to 99% costs several points of robust accuracy that fine-tuning does
-  not win back).
-
-  Use with `fixed_mask_prune(model, schedule.initial_masks())` and `PruningStepDriver(..., mask_schedule=schedule)`.
-
-  Args:
-    importance: {layer name: array shaped like its kernel}; larger means more important.
-    final_masks: {layer name: 0/1 array}: the masks at the end, each the top of its layer's `importance` (ties
-      broken towards the lower flat index, as `tf.math.top_k` does).
-    config: a `PruningConfig` giving the schedule (its `target_sparsity`, `scope` and `m_by_n` are not used: the
-      final masks fix the sparsities).
-
-  Raises:
-    ValueError: if the two dicts name different layers, shapes differ, or a final mask is not the top of its
-      importance.
-  """
-
-  def __init__(self, importance, final_masks, config):
-    if set(importance) != set(final_masks):
-      raise ValueError(f"importance names layers {sorted(importance)} but final_masks names {sorted(final_masks)}.")
-    self._final = {name: np.asarray(mask, np.float32) for name, mask in final_masks.items()}
-    self._order, self._schedules = {}, {}
-    for name, mask in self._final.items():
-      values = np.asarray(importance[name], np.float32)
-      if values.shape != mask.shape:
-        raise ValueError(f"importance[{name!r}] has shape {values.shape} but its final mask {mask.shape}.")
-      order = np.argsort(-values.ravel(), kind="stable")  # most important first, ties to the lower index
-      keep = int(mask.sum())
-      if not np.all(mask.ravel()[order[:keep]] == 1):
-        raise ValueError(f"The final mask of layer {name!r} is not the top {keep} of its importance.")
-      self._order[name] = order
-      final_sparsity = min(1.0 - keep / mask.size, _MAX_LAYER_SPARSITY)
-      self._schedules[name] = _schedule(config, min(config.initial_sparsity, final_sparsity), final_sparsity)
-
-  def masks_at(self, step):
-    """{layer name: mask} if `step` (tfmot's `pruning_step`) is a pruning turn of the schedule, else None."""
-    masks = {}
-    for name, schedule in self._schedules.items():
-      should_prune, sparsity = schedule(tf.constant(step, tf.int64))
-      if not bool(should_prune):
-        return None
-      masks[name] = self._top(name, float(sparsity))
-    return masks
-
-  def initial_masks(self):
-    """The masks before the first pruning turn: the schedule's `initial_sparsity` (all ones by default)."""
-    return {name: self._top(name, float(schedule(tf.constant(0, tf.int64))[1]))
-            for name, schedule in self._schedules.items()}
-
-  def final_masks(self):
-    return dict(self._final)
-
-  def _top(self, name, sparsity):
-    final = self._final[name]
-    keep = max(int(final.sum()), final.size - int(round(sparsity * final.size)))
-    if keep == int(final.sum()):
-      return final.copy()
-    mask = np.zeros(final.size, np.float32)
-    mask[self._order[name][:keep]] = 1.0
-    return mask.reshape(final.shape)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Training and after.
 
@@ -625,20 +555,16 @@ class PruningStepDriver:
     step: optimizer steps driven so far (None before `on_train_begin`).
   """
 
-  def __init__(self, model, log_dir=None, mask_schedule=None):
+  def __init__(self, model, log_dir=None):
     """Args:
       model: a model from `prune_model` or `fixed_mask_prune` (a model without wrappers makes this a no-op).
       log_dir: if set, each `on_epoch_end` writes every wrapper's mask sparsity and threshold there as TensorBoard
         scalars '<layer>/sparsity' and '<layer>/threshold' at the current step. (tfmot's `PruningSummaries`
         needs a compiled model's optimizer, which a custom loop need not have.)
-      mask_schedule: for a `fixed_mask_prune` model, an `ImportanceSchedule` whose masks are installed at its
-        pruning turns (at the start of the step whose `pruning_step` is the turn, where tfmot's own schedule
-        would update them); `finalize` installs its final masks.
     """
     self.model = model
     self.step = None
     self._wrappers = pruning_wrapper.collect_prunable_layers(model)
-    self._mask_schedule = mask_schedule
     self._callback = tfmot.sparsity.keras.UpdatePruningStep()
     self._callback.set_model(model)
     self._writer = tf.summary.create_file_writer(log_dir) if log_dir else None
@@ -661,8 +587,6 @@ class PruningStepDriver:
     self._set_pruning_step(self.step)
     self.step += 1
     self._callback.on_train_batch_begin(step_in_epoch)
-    if self._mask_schedule is not None and self._wrappers:
-      self._install(self._mask_schedule.masks_at(int(self._wrappers[0].pruning_step.numpy())))
 
   def on_epoch_end(self, epoch):
     """Re-applies the masks (the weights are dense after the last optimizer update) and writes the summaries."""
@@ -675,17 +599,6 @@ class PruningStepDriver:
     """Makes the weights sparse (kernel * mask) for evaluation, stripping or export; safe to call repeatedly."""
     if self.step is not None:
       self._set_pruning_step(self.step)
-    if self._mask_schedule is not None:
-      self._install(self._mask_schedule.final_masks())
-    apply_masks(self.model)
-
-  def _install(self, masks):
-    """Writes `masks` ({layer name: 0/1 array}, or None for no change) into the wrappers and masks the kernels."""
-    if masks is None:
-      return
-    for wrapper in self._wrappers:
-      if wrapper.layer.name in masks:
-        wrapper.pruning_vars[0][1].assign(masks[wrapper.layer.name])
     apply_masks(self.model)
 
   def _check_previous_step(self):

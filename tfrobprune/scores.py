@@ -289,8 +289,7 @@ class _RefreshingObjective:
 # The entry point.
 
 
-def learn_masks(model, objective, dataset_fn, sparsity, config, *, layer_targets=None, seed=0, log=print,
-                return_scores=False):
+def learn_masks(model, objective, dataset_fn, sparsity, config, *, layer_targets=None, seed=0, log=print):
   """Chooses pruning masks by training importance scores with `objective` while the weights stay frozen (HYDRA).
 
   Args:
@@ -306,15 +305,11 @@ def learn_masks(model, objective, dataset_fn, sparsity, config, *, layer_targets
     seed: seeds TensorFlow's global generator before the score steps (random layers such as Dropout); the masks
       are otherwise a deterministic function of the model, the data order and the objective's own attack seed.
     log: called with one line per epoch and a summary line.
-    return_scores: also return the learned importance, `|S|` per layer (for `pruning.ImportanceSchedule`, which
-      removes weights in that order up to the masks).
 
   Returns:
     {layer name: float32 0/1 mask shaped like its kernel} for every Dense/Conv2D layer not excluded, in layer order.
     Scope 'layer': layer l has exactly `round(t_l * n_l)` zeros (`n_l` entries, target `t_l`), but at least one
     one; scope 'global': `round(sparsity * N)` zeros over all N entries, each layer keeping at least one weight.
-    With `return_scores`, `(masks, {layer name: float32 |S|})`; each mask is the top of its layer's |S| (ties to
-    the lower flat index).
 
   Raises:
     ValueError: for a sparsity or layer target outside [0, 1), unknown or non-prunable layer names, `layer_targets`
@@ -330,9 +325,8 @@ def learn_masks(model, objective, dataset_fn, sparsity, config, *, layer_targets
   keep = _keep_counts(sizes, sparsity, config.scope, layer_targets)
   if (keep == sum(sizes.values())) if config.scope == "global" else all(keep[n] == sizes[n] for n in sizes):
     log(f"[scores] sparsity 0: every weight of {len(sizes)} layers kept, nothing to learn.")
-    kernels = {layer.name: layer.kernel.numpy() for layer in prunable_layers(model) if layer.name in names}
-    masks = {name: np.ones(kernel.shape, np.float32) for name, kernel in kernels.items()}
-    return (masks, {name: np.abs(kernel) for name, kernel in kernels.items()}) if return_scores else masks
+    return {layer.name: np.ones(layer.kernel.shape, np.float32) for layer in prunable_layers(model)
+            if layer.name in names}
   tf.random.set_seed(seed)
   score_model = ScoreModel(model, names, keep, config.scope)
   magnitude_masks = score_model.masks()
@@ -343,8 +337,6 @@ def learn_masks(model, objective, dataset_fn, sparsity, config, *, layer_targets
   kept = sum(int(mask.sum()) for mask in masks.values())
   log(f"[scores] {len(masks)} layers, sparsity {1 - kept / total:.4f} ({total - kept} of {total} weights pruned); "
       f"{_changed_fraction(magnitude_masks, masks):.1%} of the kept weights differ from magnitude pruning's.")
-  if return_scores:
-    return masks, {name: np.abs(layer.scores.numpy()) for name, layer in score_model.layers.items()}
   return masks
 
 
