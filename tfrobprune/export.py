@@ -49,7 +49,7 @@ every variant is called and compared the same way; `run_tflite` still handles in
     int8_dynamic    Optimize.DEFAULT without data: int8 weights, float activations (dynamic range)
     int8_full       full integer: int8 weights and activations, calibrated on `representative_images`
     int8_sparse     int8_full + EXPERIMENTAL_SPARSITY: the smallest; >= 10x smaller than the dense float model at
-                    90% sparsity (cnn_small 28x28x1: 668,864 -> 62,288 bytes, 10.7x)
+                    90% sparsity (cnn_small 28x28x1, Fashion-MNIST reference: 668,864 -> 60,568 bytes, 11.0x)
     int8_float_logits  int8_full with the last layer (the logits) left in float32: its int8 output has 256 levels
                     (0.08 apart for the Fashion-MNIST reference), so two classes tie on ~2% of adversarial inputs,
                     which sit on the decision boundary; a float last layer (0.6% of cnn_small's weights, 3 KB more)
@@ -883,8 +883,9 @@ def export_all(model, output_dir, *, model_name, x_test, y_test, x_adv, keras_pr
     figures are 'bytes', 'gzip_bytes', 'benign_acc', 'pgd_acc', 'agreement' (fraction of x_test predictions equal
     to keras_predictions), 'adversarial_agreement' (the same on x_adv), all four with tied top logits splitting
     the credit (`tie_aware_accuracy`), 'benign_ties' and 'pgd_ties' (fractions of x_test and x_adv whose top logit
-    is shared by several classes), 'max_abs_logit_diff' (vs the Keras logits on x_test), 'runtime' and, with a dense baseline, 'size_ratio_vs_dense_float' (dense float32 TFLite bytes
-    / the artifact's bytes: 10 means ten times smaller).
+    is shared by several classes), 'max_abs_logit_diff' (vs the Keras logits on x_test), 'runtime' and, with a
+    dense baseline, 'size_ratio_vs_dense_float' (dense float32 TFLite bytes / the artifact's bytes: 10 means ten
+    times smaller).
 
   Raises:
     ValueError: for inconsistent inputs, an unknown variant, or a wrapped model.
