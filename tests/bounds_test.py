@@ -462,6 +462,37 @@ class CrownIbpTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllClose(transposed.reshape(2, 3, -1), lam.reshape(2, 3, -1) @ matrix, atol=1e-5)
     self.assertAllClose(_linear_matrix(step.linear.apply_abs, input_shape), np.abs(matrix), atol=1e-6)
 
+  @parameterized.named_parameters(
+      ("dense", lambda: layers.Dense(3, use_bias=False), (4,)),
+      ("dense_rank3", lambda: layers.Dense(3, use_bias=False), (2, 4)),
+      ("conv_same_stride2_odd", lambda: layers.Conv2D(3, 3, strides=2, padding="same", use_bias=False), (5, 5, 2)),
+      ("conv_same_stride2_even", lambda: layers.Conv2D(2, 4, strides=2, padding="same", use_bias=False), (6, 6, 2)),
+      ("conv_valid_stride2_odd", lambda: layers.Conv2D(2, 2, strides=2, padding="valid", use_bias=False), (5, 5, 1)),
+      ("conv_dilated", lambda: layers.Conv2D(2, 2, dilation_rate=2, padding="same", use_bias=False), (5, 5, 2)),
+      ("avg_pool_same", lambda: layers.AveragePooling2D(2, padding="same"), (5, 5, 2)),
+      ("global_avg_pool", layers.GlobalAveragePooling2D, (3, 3, 2)),
+      ("flatten", layers.Flatten, (2, 3, 2)),
+      ("batch_norm", layers.BatchNormalization, (2, 2, 3)),
+      ("standardize", lambda: models.Standardize([.1, .2], [.5, 2.]), (2, 2, 2)),
+  )
+  def testAffineStepInterval_IsCenterPlusMinusAbsMatrixTimesRadius(self, make_layer, input_shape):
+    # The steps skip center and radius (halved weights, or [A l, A u] for non-negative maps); the box must still be
+    # exactly c' = A c + b, r' = |A| r.
+    keras.utils.set_random_seed(3)
+    layer = make_layer()
+    _randomize(keras.Sequential([keras.Input(input_shape), layer]), 3)
+    (step,) = bounds._steps(layer)  # pylint: disable=protected-access
+    matrix = _linear_matrix(step.linear.apply, input_shape)
+    bias = 0. if step.bias is None else np.broadcast_to(step.bias, layer.compute_output_shape((1,) + input_shape)[1:])
+    rng = np.random.default_rng(3)
+    lower = rng.normal(size=(2,) + input_shape).astype(np.float32)
+    upper = lower + rng.uniform(0., 1., lower.shape).astype(np.float32)
+    box = step.interval(IntervalBounds(lower, upper))
+    center, radius = ((upper + lower) / 2).reshape(2, -1), ((upper - lower) / 2).reshape(2, -1)
+    expected_center = center @ matrix.T + np.ravel(bias)
+    self.assertAllClose(box.lower.numpy().reshape(2, -1), expected_center - radius @ np.abs(matrix).T, atol=1e-5)
+    self.assertAllClose(box.upper.numpy().reshape(2, -1), expected_center + radius @ np.abs(matrix).T, atol=1e-5)
+
   @parameterized.parameters("mlp", "cnn_small", "crown_chain")
   def testTightest_NeverLooserThanIbpAndMixesAtBetaEnds(self, name):
     model = _model(name)

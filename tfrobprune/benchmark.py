@@ -6,7 +6,10 @@ optimizer work), and the whole step is one compiled `tf.function`. The naive bas
 eagerly (cleverhans called eagerly, then an eager training step).
 
 Every timing is the median over `repeats` timed runs of `steps` steps each, after a warm-up that includes tracing,
-on fixed random inputs (a step's cost does not depend on the pixel values).
+on fixed random inputs (a step's cost does not depend on the pixel values). The steps behind the ratios are timed
+interleaved: each round runs every one of them once, so that the drift of a shared VM (other tenants, clock
+changes; up to 30% between identical runs here) hits numerator and denominator alike, and each ratio is the median
+of its per-round ratios.
 """
 
 import dataclasses
@@ -37,7 +40,7 @@ class BenchConfig:
     pgd_steps: k of the PGD-k training step.
     eps: attack / bound radius.
     steps: steps per timed run.
-    repeats: timed runs (the median is reported).
+    repeats: timed runs, i.e. interleaved rounds for the main figures (medians are reported).
     extra_models: further models measured for the model-size table.
     batch_sizes: batch sizes of the batch-size table (natural and PGD training on `model`).
     input_shape: image shape of the synthetic inputs.
@@ -48,7 +51,7 @@ class BenchConfig:
   pgd_steps: int = 10
   eps: float = 0.1
   steps: int = 10
-  repeats: int = 3
+  repeats: int = 5
   extra_models: tuple[str, ...] = ("cnn_medium",)
   batch_sizes: tuple[int, ...] = (32, 64, 128, 256)
   input_shape: tuple[int, int, int] = (28, 28, 1)
@@ -83,16 +86,47 @@ def _median_ms_per_step(step_fn, config):
   return statistics.median(runs)
 
 
+def _interleaved_ms_per_step(step_fns, config):
+  """Times `step_fns` ({name: blocking step function}) in `config.repeats` interleaved rounds.
+
+  Returns:
+    ({name: median ms per step}, [{name: ms per step} of each round]).
+  """
+  for step_fn in step_fns.values():
+    step_fn()
+    step_fn()
+  rounds = []
+  for _ in range(config.repeats):
+    timings = {}
+    for name, step_fn in step_fns.items():
+      started = time.perf_counter()
+      for _ in range(config.steps):
+        step_fn()
+      timings[name] = (time.perf_counter() - started) * 1000.0 / config.steps
+    rounds.append(timings)
+  return {name: statistics.median(timings[name] for timings in rounds) for name in step_fns}, rounds
+
+
+def _median_ratio(rounds, numerator, denominator, scale=1.0):
+  """The median over the rounds of `numerator / (scale * denominator)`, both timed in the same round."""
+  return statistics.median(timings[numerator] / (scale * timings[denominator]) for timings in rounds)
+
+
 def _model(config, name):
   return models.build_model(name, config.input_shape, config.num_classes, seed=0)
 
 
-def _compiled_train_step_ms(config, model_name, objective_config, batch_size):
+def _compiled_train_step(config, model_name, objective_config, batch_size):
+  """A blocking call of the compiled training step of `model_name` with `objective_config`."""
   model = _model(config, model_name)
   objective = objectives.make_objective(objective_config, config.num_classes)
   trainer = training.Trainer(model, objective, keras.optimizers.Adam(1e-3))
   x, y = _inputs(config, batch_size)
-  return _median_ms_per_step(lambda: float(trainer.train_step(x, y)["loss"]), config)
+  return lambda: float(trainer.train_step(x, y)["loss"])
+
+
+def _compiled_train_step_ms(config, model_name, objective_config, batch_size):
+  return _median_ms_per_step(_compiled_train_step(config, model_name, objective_config, batch_size), config)
 
 
 def _objective(config, name):
@@ -101,7 +135,7 @@ def _objective(config, name):
   return objectives.ObjectiveConfig(name=name, eps=config.eps, pgd_steps=config.pgd_steps)
 
 
-def _eager_pgd_step_ms(config):
+def _eager_pgd_step(config):
   """The naive baseline: cleverhans' PGD called eagerly, then an eager training step."""
   model = _model(config, config.model)
   optimizer = keras.optimizers.Adam(1e-3)
@@ -117,18 +151,18 @@ def _eager_pgd_step_ms(config):
     optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
     return float(loss)
 
-  return _median_ms_per_step(step, config)
+  return step
 
 
-def _eval_step_ms(config, kind):
+def _eval_step(config, kind):
   model = _model(config, config.model)
   eval_config = evaluation.EvalConfig(eps=config.eps, pgd_steps=config.pgd_steps, pgd_restarts=1, fgsm=False)
   compiled = evaluation._CompiledEval(model, eval_config, config.num_classes, seed=0)  # pylint: disable=protected-access
   x, y = _inputs(config, config.batch_size)
   if kind == "benign":
-    return _median_ms_per_step(lambda: compiled.benign(x, y).numpy(), config)
+    return lambda: compiled.benign(x, y).numpy()
   index = tf.constant(0, tf.int64)
-  return _median_ms_per_step(lambda: compiled.pgd(x, y, index)[1].numpy(), config)
+  return lambda: compiled.pgd(x, y, index)[1].numpy()
 
 
 def peak_rss_of_run(flagfile, output_dir, extra_flags=()):
@@ -147,29 +181,21 @@ def run_benchmark(config=BenchConfig(), log=print):
   """Measures every figure of the performance issue; returns them as a flat dict (see `format_table`)."""
   figures = {"model": config.model, "batch_size": config.batch_size, "pgd_steps": config.pgd_steps,
              "threads": tf.config.threading.get_intra_op_parallelism_threads() or "default"}
-  measurements = (
-      ("natural_step_ms", lambda: _compiled_train_step_ms(config, config.model, _objective(config, "natural"),
-                                                           config.batch_size)),
-      ("pgd_step_ms", lambda: _compiled_train_step_ms(config, config.model, _objective(config, "pgd"),
-                                                       config.batch_size)),
-      ("trades_step_ms", lambda: _compiled_train_step_ms(config, config.model, _objective(config, "trades"),
-                                                          config.batch_size)),
-      ("ibp_step_ms", lambda: _compiled_train_step_ms(config, config.model, _objective(config, "ibp"),
-                                                       config.batch_size)),
-      ("crown_ibp_step_ms", lambda: _compiled_train_step_ms(config, config.model, _objective(config, "crown_ibp"),
-                                                             config.batch_size)),
-      ("eager_pgd_step_ms", lambda: _eager_pgd_step_ms(config)),
-      ("benign_eval_step_ms", lambda: _eval_step_ms(config, "benign")),
-      ("pgd_eval_step_ms", lambda: _eval_step_ms(config, "pgd")),
-  )
-  for name, measure in measurements:
-    figures[name] = round(measure(), 3)
+  step_fns = {f"{kind}_step_ms": _compiled_train_step(config, config.model, _objective(config, kind),
+                                                      config.batch_size)
+              for kind in ("natural", "pgd", "trades", "ibp", "crown_ibp")}
+  step_fns.update(eager_pgd_step_ms=_eager_pgd_step(config), benign_eval_step_ms=_eval_step(config, "benign"),
+                  pgd_eval_step_ms=_eval_step(config, "pgd"))
+  medians, rounds = _interleaved_ms_per_step(step_fns, config)
+  for name, value in medians.items():
+    figures[name] = round(value, 3)
     log(f"{name}: {figures[name]:.2f} ms")
   k = config.pgd_steps
-  figures["pgd_over_k_plus_1_natural"] = round(figures["pgd_step_ms"] / ((k + 1) * figures["natural_step_ms"]), 3)
-  figures["ibp_over_natural"] = round(figures["ibp_step_ms"] / figures["natural_step_ms"], 3)
-  figures["crown_ibp_over_natural"] = round(figures["crown_ibp_step_ms"] / figures["natural_step_ms"], 3)
-  figures["eager_over_compiled"] = round(figures["eager_pgd_step_ms"] / figures["pgd_step_ms"], 3)
+  figures["pgd_over_k_plus_1_natural"] = round(_median_ratio(rounds, "pgd_step_ms", "natural_step_ms", k + 1), 3)
+  figures["ibp_over_natural"] = round(_median_ratio(rounds, "ibp_step_ms", "natural_step_ms"), 3)
+  figures["crown_ibp_over_natural"] = round(_median_ratio(rounds, "crown_ibp_step_ms", "natural_step_ms"), 3)
+  figures["eager_over_compiled"] = round(_median_ratio(rounds, "eager_pgd_step_ms", "pgd_step_ms"), 3)
+  figures["rounds"] = [{name: round(value, 3) for name, value in timings.items()} for timings in rounds]
   figures["images_per_second"] = {
       name[:-len("_step_ms")]: round(config.batch_size * 1000.0 / figures[name], 1)
       for name in figures if isinstance(name, str) and name.endswith("_step_ms")}
