@@ -150,6 +150,22 @@ def _linear_matrix(apply, input_shape):
   return tf.reshape(apply(basis), [size, -1]).numpy().T
 
 
+# Layers that are one linear step (no bias where they would have one), with their input shapes.
+_LINEAR_LAYERS = (
+    ("dense", lambda: layers.Dense(3, use_bias=False), (4,)),
+    ("dense_rank3", lambda: layers.Dense(3, use_bias=False), (2, 4)),
+    ("conv_same_stride2_odd", lambda: layers.Conv2D(3, 3, strides=2, padding="same", use_bias=False), (5, 5, 2)),
+    ("conv_same_stride2_even", lambda: layers.Conv2D(2, 4, strides=2, padding="same", use_bias=False), (6, 6, 2)),
+    ("conv_valid_stride2_odd", lambda: layers.Conv2D(2, 2, strides=2, padding="valid", use_bias=False), (5, 5, 1)),
+    ("conv_dilated", lambda: layers.Conv2D(2, 2, dilation_rate=2, padding="same", use_bias=False), (5, 5, 2)),
+    ("avg_pool_same", lambda: layers.AveragePooling2D(2, padding="same"), (5, 5, 2)),
+    ("global_avg_pool", layers.GlobalAveragePooling2D, (3, 3, 2)),
+    ("flatten", layers.Flatten, (2, 3, 2)),
+    ("batch_norm", layers.BatchNormalization, (2, 2, 3)),
+    ("standardize", lambda: models.Standardize([.1, .2], [.5, 2.]), (2, 2, 2)),
+)
+
+
 class IntervalBoundsTest(tf.test.TestCase):
 
   def testFromEpsilon_IntersectsBallWithPixelRange(self):
@@ -437,19 +453,7 @@ class CrownIbpTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllClose(bounds.crown_ibp_margin_bounds(model, x, y, .5, 2), [[0., crown_ibp_margin]])
     self.assertAllClose(bounds.tightest_margin_bounds(model, x, y, .5, 2), [[0., 0.]])
 
-  @parameterized.named_parameters(
-      ("dense", lambda: layers.Dense(3, use_bias=False), (4,)),
-      ("dense_rank3", lambda: layers.Dense(3, use_bias=False), (2, 4)),
-      ("conv_same_stride2_odd", lambda: layers.Conv2D(3, 3, strides=2, padding="same", use_bias=False), (5, 5, 2)),
-      ("conv_same_stride2_even", lambda: layers.Conv2D(2, 4, strides=2, padding="same", use_bias=False), (6, 6, 2)),
-      ("conv_valid_stride2_odd", lambda: layers.Conv2D(2, 2, strides=2, padding="valid", use_bias=False), (5, 5, 1)),
-      ("conv_dilated", lambda: layers.Conv2D(2, 2, dilation_rate=2, padding="same", use_bias=False), (5, 5, 2)),
-      ("avg_pool_same", lambda: layers.AveragePooling2D(2, padding="same"), (5, 5, 2)),
-      ("global_avg_pool", layers.GlobalAveragePooling2D, (3, 3, 2)),
-      ("flatten", layers.Flatten, (2, 3, 2)),
-      ("batch_norm", layers.BatchNormalization, (2, 2, 3)),
-      ("standardize", lambda: models.Standardize([.1, .2], [.5, 2.]), (2, 2, 2)),
-  )
+  @parameterized.named_parameters(*_LINEAR_LAYERS)
   def testLinearStepTranspose_MatchesDenseMatrix(self, make_layer, input_shape):
     keras.utils.set_random_seed(2)
     layer = make_layer()
@@ -462,19 +466,7 @@ class CrownIbpTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllClose(transposed.reshape(2, 3, -1), lam.reshape(2, 3, -1) @ matrix, atol=1e-5)
     self.assertAllClose(_linear_matrix(step.linear.apply_abs, input_shape), np.abs(matrix), atol=1e-6)
 
-  @parameterized.named_parameters(
-      ("dense", lambda: layers.Dense(3, use_bias=False), (4,)),
-      ("dense_rank3", lambda: layers.Dense(3, use_bias=False), (2, 4)),
-      ("conv_same_stride2_odd", lambda: layers.Conv2D(3, 3, strides=2, padding="same", use_bias=False), (5, 5, 2)),
-      ("conv_same_stride2_even", lambda: layers.Conv2D(2, 4, strides=2, padding="same", use_bias=False), (6, 6, 2)),
-      ("conv_valid_stride2_odd", lambda: layers.Conv2D(2, 2, strides=2, padding="valid", use_bias=False), (5, 5, 1)),
-      ("conv_dilated", lambda: layers.Conv2D(2, 2, dilation_rate=2, padding="same", use_bias=False), (5, 5, 2)),
-      ("avg_pool_same", lambda: layers.AveragePooling2D(2, padding="same"), (5, 5, 2)),
-      ("global_avg_pool", layers.GlobalAveragePooling2D, (3, 3, 2)),
-      ("flatten", layers.Flatten, (2, 3, 2)),
-      ("batch_norm", layers.BatchNormalization, (2, 2, 3)),
-      ("standardize", lambda: models.Standardize([.1, .2], [.5, 2.]), (2, 2, 2)),
-  )
+  @parameterized.named_parameters(*_LINEAR_LAYERS)
   def testAffineStepInterval_IsCenterPlusMinusAbsMatrixTimesRadius(self, make_layer, input_shape):
     # The steps skip center and radius (halved weights, or [A l, A u] for non-negative maps); the box must still be
     # exactly c' = A c + b, r' = |A| r.
