@@ -25,7 +25,9 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["32", "64", "128", "256"], "Batch sizes of the batch-size table.")
 _PGD_STEPS = flags.DEFINE_integer("pgd_steps", 10, "k of PGD-k.", lower_bound=1)
 _STEPS = flags.DEFINE_integer("steps", 10, "Steps per timed run.", lower_bound=1)
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs; the median is reported.", lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs (interleaved rounds); medians are reported.", lower_bound=1)
+_MIN_SECONDS = flags.DEFINE_float("min_seconds", 0.5, "Shortest timed run of the interleaved figures.",
+                                  lower_bound=0.0)
 _RSS_FLAGFILE = flags.DEFINE_string("rss_flagfile", "configs/smoke_synthetic.cfg",
                                     "Training run whose peak RSS is measured ('' to skip).")
 
@@ -33,7 +35,7 @@ _RSS_FLAGFILE = flags.DEFINE_string("rss_flagfile", "configs/smoke_synthetic.cfg
 def main(argv):
   del argv
   config = benchmark.BenchConfig(model=_MODEL.value, batch_size=_BATCH_SIZE.value, pgd_steps=_PGD_STEPS.value,
-                                 steps=_STEPS.value, repeats=_REPEATS.value,
+                                 steps=_STEPS.value, repeats=_REPEATS.value, min_seconds=_MIN_SECONDS.value,
                                  extra_models=tuple(_EXTRA_MODELS.value),
                                  batch_sizes=tuple(int(b) for b in _BATCH_SIZES.value))
   figures = benchmark.run_benchmark(config)

@@ -7,8 +7,8 @@ from absl.testing import absltest
 
 from tfrobprune import benchmark
 
-_TINY = benchmark.BenchConfig(model="mlp", batch_size=8, pgd_steps=2, steps=1, repeats=3, extra_models=("mlp",),
-                              batch_sizes=(4,), input_shape=(6, 6, 1), num_classes=3)
+_TINY = benchmark.BenchConfig(model="mlp", batch_size=8, pgd_steps=2, steps=1, repeats=3, min_seconds=0.0,
+                              extra_models=("mlp",), batch_sizes=(4,), input_shape=(6, 6, 1), num_classes=3)
 
 
 def _median_of_round_ratios(figures, numerator, denominator, scale=1.0):
@@ -37,6 +37,8 @@ class BenchmarkTest(absltest.TestCase):
                            _median_of_round_ratios(figures, "eager_pgd_step_ms", "pgd_step_ms"), places=2)
     for name in ("natural_step_ms", "ibp_step_ms"):
       self.assertAlmostEqual(figures[name], sorted(timings[name] for timings in figures["rounds"])[1], places=2)
+    self.assertIn(figures["onednn"], (True, False, None))
+    self.assertIsInstance(figures["cpu"], str)
     self.assertEqual(set(figures["by_batch_size"]), {"4"})
     self.assertEqual(set(figures["by_model"]), {"mlp"})
     table = benchmark.format_table(figures)
@@ -52,6 +54,8 @@ class BenchmarkTest(absltest.TestCase):
   def testRejectsBadSettings(self):
     with self.assertRaisesRegex(ValueError, "pgd_steps must be >= 1"):
       benchmark.BenchConfig(pgd_steps=0)
+    with self.assertRaisesRegex(ValueError, "min_seconds must be >= 0"):
+      benchmark.BenchConfig(min_seconds=-1.0)
     with self.assertRaisesRegex(ValueError, "unknown model"):
       benchmark.BenchConfig(model="resnet")
 

@@ -13,6 +13,8 @@ of its per-round ratios.
 """
 
 import dataclasses
+import math
+import platform
 import resource
 import statistics
 import subprocess
@@ -41,6 +43,8 @@ class BenchConfig:
     eps: attack / bound radius.
     steps: steps per timed run.
     repeats: timed runs, i.e. interleaved rounds for the main figures (medians are reported).
+    min_seconds: shortest timed run of the interleaved figures: a step that is faster runs more than `steps` times
+      (10 natural steps took ~60 ms, and windows that short made per-round ratios swing by +-30% here).
     extra_models: further models measured for the model-size table.
     batch_sizes: batch sizes of the batch-size table (natural and PGD training on `model`).
     input_shape: image shape of the synthetic inputs.
@@ -52,6 +56,7 @@ class BenchConfig:
   eps: float = 0.1
   steps: int = 10
   repeats: int = 5
+  min_seconds: float = 0.5
   extra_models: tuple[str, ...] = ("cnn_medium",)
   batch_sizes: tuple[int, ...] = (32, 64, 128, 256)
   input_shape: tuple[int, int, int] = (28, 28, 1)
@@ -61,6 +66,8 @@ class BenchConfig:
     for name in ("batch_size", "pgd_steps", "steps", "repeats"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+    if not self.min_seconds >= 0:
+      raise ValueError(f"min_seconds must be >= 0, got {self.min_seconds}.")
     unknown = [m for m in (self.model,) + tuple(self.extra_models) if m not in models.MODEL_NAMES]
     if unknown:
       raise ValueError(f"unknown model(s) {unknown}; choose from {models.MODEL_NAMES}.")
@@ -86,23 +93,49 @@ def _median_ms_per_step(step_fn, config):
   return statistics.median(runs)
 
 
+def _cpu_model():
+  """The CPU's model name (from /proc/cpuinfo on Linux), since the figures depend on it."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def _onednn_enabled():
+  """Whether TensorFlow runs its oneDNN kernels (on by default on x86 CPUs with AVX-512 VNNI and newer; off with
+  TF_ENABLE_ONEDNN_OPTS=0). They change the ratios: oneDNN made the natural step 37% faster here but the input
+  gradient of the 1-channel first convolution, which every attack iteration needs, 2.3x slower than Eigen's."""
+  try:
+    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+    return bool(_pywrap_util_port.IsMklEnabled())
+  except (ImportError, AttributeError):
+    return None
+
+
 def _interleaved_ms_per_step(step_fns, config):
   """Times `step_fns` ({name: blocking step function}) in `config.repeats` interleaved rounds.
 
   Returns:
     ({name: median ms per step}, [{name: ms per step} of each round]).
   """
-  for step_fn in step_fns.values():
+  counts = {}
+  for name, step_fn in step_fns.items():
     step_fn()
+    started = time.perf_counter()
     step_fn()
+    counts[name] = max(config.steps, math.ceil(config.min_seconds / max(time.perf_counter() - started, 1e-6)))
   rounds = []
   for _ in range(config.repeats):
     timings = {}
     for name, step_fn in step_fns.items():
       started = time.perf_counter()
-      for _ in range(config.steps):
+      for _ in range(counts[name]):
         step_fn()
-      timings[name] = (time.perf_counter() - started) * 1000.0 / config.steps
+      timings[name] = (time.perf_counter() - started) * 1000.0 / counts[name]
     rounds.append(timings)
   return {name: statistics.median(timings[name] for timings in rounds) for name in step_fns}, rounds
 
@@ -180,7 +213,8 @@ def peak_rss_of_run(flagfile, output_dir, extra_flags=()):
 def run_benchmark(config=BenchConfig(), log=print):
   """Measures every figure of the performance issue; returns them as a flat dict (see `format_table`)."""
   figures = {"model": config.model, "batch_size": config.batch_size, "pgd_steps": config.pgd_steps,
-             "threads": tf.config.threading.get_intra_op_parallelism_threads() or "default"}
+             "threads": tf.config.threading.get_intra_op_parallelism_threads() or "default",
+             "cpu": _cpu_model(), "onednn": _onednn_enabled()}
   step_fns = {f"{kind}_step_ms": _compiled_train_step(config, config.model, _objective(config, kind),
                                                       config.batch_size)
               for kind in ("natural", "pgd", "trades", "ibp", "crown_ibp")}
@@ -211,6 +245,9 @@ def run_benchmark(config=BenchConfig(), log=print):
 def format_table(figures):
   """The figures as a Markdown table, ratios first."""
   lines = ["| figure | value |", "|---|---|"]
+  for key in ("cpu", "onednn"):
+    if key in figures:
+      lines.append(f"| {key} | {figures[key]} |")
   for key in ("pgd_over_k_plus_1_natural", "ibp_over_natural", "crown_ibp_over_natural", "eager_over_compiled",
               "natural_step_ms", "pgd_step_ms", "trades_step_ms", "ibp_step_ms", "crown_ibp_step_ms",
               "eager_pgd_step_ms", "benign_eval_step_ms", "pgd_eval_step_ms"):
