@@ -1,5 +1,6 @@
 """Tests for tfrobprune.scores: straight-through top-k, exact mask budgets, frozen score model, beats magnitude."""
 
+import dataclasses
 import os
 import sys
 
@@ -106,6 +107,7 @@ class ScoreConfigTest(tf.test.TestCase, parameterized.TestCase):
       ("learning_rate must be a finite number > 0, got 0", {"learning_rate": 0}),
       ("scope must be one of layer, global; got 'all'", {"scope": "all"}),
       ("optimizer must be one of adam, sgd; got 'rmsprop'", {"optimizer": "rmsprop"}),
+      ("budgets must be one of learned, magnitude; got 'equal'", {"budgets": "equal"}),
       (r"got the string 'conv1'; did you mean \('conv1',\)", {"exclude_layers": "conv1"}),
   )
   def testRejectsBadValuesNamingThem(self, message, kwargs):
@@ -223,6 +225,34 @@ class LearnMasksTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(sum(int(np.sum(mask == 0)) for mask in masks.values()), round(0.7 * total))
     for name, target in pruning.global_magnitude_targets(model, 0.7).items():
       self.assertAllClose(_sparsities(masks)[name], target, atol=1e-12)
+
+  def testMagnitudeBudgets_KeepGlobalMagnitudeCountsPerLayerAndLayerwiseTopK(self):
+    model = _cnn_small()
+    masks = scores.learn_masks(model, _objective("natural"), _image_dataset_fn(), 0.8,
+                               scores.ScoreConfig(epochs=0, scope="global", budgets="magnitude"), log=_quiet)
+    targets = pruning.global_magnitude_targets(model, 0.8)
+    for name, mask in masks.items():
+      kernel = np.abs(model.get_layer(name).kernel.numpy())
+      self.assertEqual(int(np.sum(mask == 0)), min(round(targets[name] * kernel.size), kernel.size - 1), name)
+      # The scaled initialisation keeps each layer's largest weights: the kept ones are never smaller.
+      if 0 < mask.sum() < mask.size:
+        self.assertGreaterEqual(kernel[mask == 1].min(), kernel[mask == 0].max(), name)
+
+  def testMagnitudeBudgets_LearnWhichWeightsButNotHowManyPerLayer(self):
+    model = _cnn_small()
+    config = scores.ScoreConfig(epochs=1, learning_rate=1.0, scope="global", budgets="magnitude")
+    start = scores.learn_masks(model, _objective("pgd"), _image_dataset_fn(), 0.5,
+                               dataclasses.replace(config, epochs=0), log=_quiet)
+    learned = scores.learn_masks(model, _objective("pgd"), _image_dataset_fn(), 0.5, config, log=_quiet)
+    self.assertEqual({name: int(mask.sum()) for name, mask in learned.items()},
+                     {name: int(mask.sum()) for name, mask in start.items()})
+    self.assertTrue(any(np.any(learned[name] != start[name]) for name in start))
+
+  def testMagnitudeBudgetsWithLayerTargets_RaiseValueError(self):
+    with self.assertRaisesRegex(ValueError, "layer_targets conflict with budgets 'magnitude'"):
+      scores.learn_masks(_cnn_small(), _objective("natural"), _image_dataset_fn(), 0.8,
+                         scores.ScoreConfig(epochs=0, scope="global", budgets="magnitude"),
+                         layer_targets={"fc1": 0.5}, log=_quiet)
 
   def testGlobalScopeKeepsAtLeastOneWeightPerLayer(self):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, name="small"),

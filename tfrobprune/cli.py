@@ -114,6 +114,9 @@ _SCORE_EPOCHS = flags.DEFINE_integer("score_epochs", 1, "Epochs of score optimis
                                      lower_bound=0)
 _SCORE_LEARNING_RATE = flags.DEFINE_float("score_learning_rate", 0.1, "Learning rate of the scores (SGD).",
                                           lower_bound=1e-8)
+_SCORE_BUDGETS = flags.DEFINE_enum("score_budgets", "learned", list(scores_lib.BUDGETS),
+                                   "With --prune_scope=global: 'learned' ranks all layers' scores together; "
+                                   "'magnitude' keeps global magnitude's count per layer and learns which weights.")
 # Evaluation.
 _EVAL_EPS = flags.DEFINE_float("eval_eps", None, "Evaluation epsilon (default: --eps).", lower_bound=0.0,
                                upper_bound=1.0)
@@ -236,7 +239,8 @@ def config_from_flags():
           max_examples=_EVAL_EXAMPLES.value),
       dense_checkpoint=_DENSE_CHECKPOINT.value, export=_EXPORT.value, distribute=_DISTRIBUTE.value,
       prune_criterion=_PRUNE_CRITERION.value,
-      scores=scores_lib.ScoreConfig(epochs=_SCORE_EPOCHS.value, learning_rate=_SCORE_LEARNING_RATE.value))
+      scores=scores_lib.ScoreConfig(epochs=_SCORE_EPOCHS.value, learning_rate=_SCORE_LEARNING_RATE.value,
+                                    budgets=_SCORE_BUDGETS.value))
 
 
 def _fail(message):
