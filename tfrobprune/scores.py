@@ -73,8 +73,9 @@ class ScoreConfig:
       together, so the scores also move weights between layers (they start at the raw weights). 'magnitude': each
       layer keeps what one global magnitude threshold keeps (`pruning.global_magnitude_targets`, the allocation of
       magnitude pruning with scope 'global') and the scores choose which weights within the layer, as in HYDRA
-      (per-layer top-k, scaled initialisation). At 99% on the Fashion-MNIST reference the two ended within 0.2
-      PGD points of each other; 'magnitude' isolates the question "which weights" from "how many per layer".
+      (per-layer top-k, scaled initialisation). At 99% on the Fashion-MNIST reference, after fine-tuning,
+      'learned' reached 65.11% PGD and 'magnitude' 64.90%; 'magnitude' isolates "which weights" from "how many
+      per layer".
   """
 
   epochs: int = 2
