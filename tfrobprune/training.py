@@ -28,8 +28,8 @@ class NonFiniteLossError(RuntimeError):
   """The loss became NaN or Inf; training stopped before applying the bad update."""
 
   def __init__(self, step, metrics):
-    super().__init__(f"Training loss is not finite at step {step} ({metrics}); stopped before applying the update. "
-                     "Lower the learning rate or epsilon, or check the data for NaN.")
+    super().__init__(f"Training loss, inputs or gradients not finite at step {step} ({metrics}); stopped before "
+                     "applying the update. Lower the learning rate or epsilon, or check the data for NaN.")
     self.step = step
 
 
@@ -117,6 +117,19 @@ def _weight_decay_loss(model, weight_decay):
   return weight_decay * tf.add_n([tf.nn.l2_loss(k) for k in kernels])
 
 
+def _all_finite(tensors):
+  """True if every floating-point entry of `tensors` (None entries skipped) is finite.
+
+  The loss alone is not enough: oneDNN's fused MatMul/Conv + BiasAdd + ReLU maps NaN to 0, so on machines where
+  TensorFlow uses oneDNN a NaN input or hidden activation can give a finite loss, and zero or NaN gradients would
+  then pass unnoticed. Checking the inputs and the gradients too makes NaN data and NaN updates stop the run on every
+  backend.
+  """
+  checks = [tf.reduce_all(tf.math.is_finite(t)) for t in tensors
+            if t is not None and not isinstance(t, tf.IndexedSlices) and t.dtype.is_floating]
+  return tf.reduce_all(tf.stack(checks))
+
+
 class Trainer:
   """Owns the compiled step of one phase: a model, an objective, an optimizer and the global schedule step.
 
@@ -157,8 +170,8 @@ class Trainer:
     return distribute.distribute_dataset(self.strategy, dataset)
 
   def _gradients(self, x, y):
-    """One replica's objective, metrics and gradients (of its loss scaled for the global batch); a non-finite loss
-    gives zero gradients."""
+    """One replica's objective, metrics and gradients (of its loss scaled for the global batch); a non-finite loss,
+    input or gradient gives zero gradients."""
     with tf.GradientTape() as tape:
       loss, metrics = self.objective(self.model, x, y, self.schedule_step)
       total = loss + _weight_decay_loss(self.model, self.weight_decay)
@@ -166,7 +179,7 @@ class Trainer:
         total += tf.add_n(self.model.losses)
       scaled = distribute.scale_to_global_batch(total, self.strategy.num_replicas_in_sync)
     gradients = tape.gradient(scaled, self.model.trainable_variables)
-    finite = tf.math.is_finite(total)
+    finite = _all_finite([total, x] + gradients)
     # A non-finite loss must not reach the weights: the update is skipped and the caller stops the run.
     gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
     return gradients, dict(metrics, finite=tf.cast(finite, tf.float32))
