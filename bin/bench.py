@@ -26,7 +26,7 @@ _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["32", "64", "128", "256"], "Bat
 _PGD_STEPS = flags.DEFINE_integer("pgd_steps", 10, "k of PGD-k.", lower_bound=1)
 _STEPS = flags.DEFINE_integer("steps", 10, "Steps per timed run.", lower_bound=1)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs (interleaved rounds); medians are reported.", lower_bound=1)
-_MIN_SECONDS = flags.DEFINE_float("min_seconds", 0.5, "Shortest timed run of the interleaved figures.",
+_MIN_SECONDS = flags.DEFINE_float("min_seconds", 0.5, "Shortest timed run (s); faster steps repeat more often.",
                                   lower_bound=0.0)
 _RSS_FLAGFILE = flags.DEFINE_string("rss_flagfile", "configs/smoke_synthetic.cfg",
                                     "Training run whose peak RSS is measured ('' to skip).")

@@ -43,7 +43,7 @@ class BenchConfig:
     eps: attack / bound radius.
     steps: steps per timed run.
     repeats: timed runs, i.e. interleaved rounds for the main figures (medians are reported).
-    min_seconds: shortest timed run of the interleaved figures: a step that is faster runs more than `steps` times
+    min_seconds: shortest timed run: a step that is faster runs more than `steps` times
       (10 natural steps took ~60 ms, and windows that short made per-round ratios swing by +-30% here).
     extra_models: further models measured for the model-size table.
     batch_sizes: batch sizes of the batch-size table (natural and PGD training on `model`).
@@ -78,19 +78,6 @@ def _inputs(config, batch_size):
   x = tf.constant(rng.random((batch_size,) + tuple(config.input_shape), dtype=np.float32))
   y = tf.constant(rng.integers(0, config.num_classes, batch_size), dtype=tf.int64)
   return x, y
-
-
-def _median_ms_per_step(step_fn, config):
-  """Median wall time (ms) of one call of `step_fn`, which must block until its work is done."""
-  step_fn()
-  step_fn()
-  runs = []
-  for _ in range(config.repeats):
-    started = time.perf_counter()
-    for _ in range(config.steps):
-      step_fn()
-    runs.append((time.perf_counter() - started) * 1000.0 / config.steps)
-  return statistics.median(runs)
 
 
 def _cpu_model():
@@ -143,6 +130,12 @@ def _interleaved_ms_per_step(step_fns, config):
 def _median_ratio(rounds, numerator, denominator, scale=1.0):
   """The median over the rounds of `numerator / (scale * denominator)`, both timed in the same round."""
   return statistics.median(timings[numerator] / (scale * timings[denominator]) for timings in rounds)
+
+
+def _median_ms_per_step(step_fn, config):
+  """Median wall time (ms) of one call of `step_fn`, which must block until its work is done."""
+  medians, _ = _interleaved_ms_per_step({"step": step_fn}, config)
+  return medians["step"]
 
 
 def _model(config, name):
