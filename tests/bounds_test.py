@@ -150,6 +150,15 @@ def _linear_matrix(apply, input_shape):
   return tf.reshape(apply(basis), [size, -1]).numpy().T
 
 
+def _linear_step(make_layer, input_shape, seed):
+  """A randomised one-step linear layer, its `_Affine` step and the dense matrix of the step's linear map."""
+  keras.utils.set_random_seed(seed)
+  layer = make_layer()
+  _randomize(keras.Sequential([keras.Input(input_shape), layer]), seed)
+  (step,) = bounds._steps(layer)  # pylint: disable=protected-access
+  return layer, step, _linear_matrix(step.linear.apply, input_shape)
+
+
 # Layers that are one linear step (no bias where they would have one), with their input shapes.
 _LINEAR_LAYERS = (
     ("dense", lambda: layers.Dense(3, use_bias=False), (4,)),
@@ -455,11 +464,7 @@ class CrownIbpTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.named_parameters(*_LINEAR_LAYERS)
   def testLinearStepTranspose_MatchesDenseMatrix(self, make_layer, input_shape):
-    keras.utils.set_random_seed(2)
-    layer = make_layer()
-    _randomize(keras.Sequential([keras.Input(input_shape), layer]), 2)
-    (step,) = bounds._steps(layer)  # pylint: disable=protected-access
-    matrix = _linear_matrix(step.linear.apply, input_shape)
+    layer, step, matrix = _linear_step(make_layer, input_shape, seed=2)
     output_shape = layer.compute_output_shape((1,) + input_shape)[1:]
     lam = np.random.default_rng(2).normal(size=(2, 3) + tuple(output_shape)).astype(np.float32)
     transposed = step.linear.transpose(tf.constant(lam), list(input_shape)).numpy()
@@ -470,11 +475,7 @@ class CrownIbpTest(tf.test.TestCase, parameterized.TestCase):
   def testAffineStepInterval_IsCenterPlusMinusAbsMatrixTimesRadius(self, make_layer, input_shape):
     # The steps skip center and radius (halved weights, or [A l, A u] for non-negative maps); the box must still be
     # exactly c' = A c + b, r' = |A| r.
-    keras.utils.set_random_seed(3)
-    layer = make_layer()
-    _randomize(keras.Sequential([keras.Input(input_shape), layer]), 3)
-    (step,) = bounds._steps(layer)  # pylint: disable=protected-access
-    matrix = _linear_matrix(step.linear.apply, input_shape)
+    layer, step, matrix = _linear_step(make_layer, input_shape, seed=3)
     bias = 0. if step.bias is None else np.broadcast_to(step.bias, layer.compute_output_shape((1,) + input_shape)[1:])
     rng = np.random.default_rng(3)
     lower = rng.normal(size=(2,) + input_shape).astype(np.float32)
