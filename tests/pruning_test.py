@@ -47,9 +47,9 @@ def _masks(model):
 class _Loop:
   """A custom training loop like tfrobprune's: compiled step, driver calls in Python, attack-like inference passes."""
 
-  def __init__(self, model, inference_calls=0, training_calls=1, log_dir=None):
+  def __init__(self, model, inference_calls=0, training_calls=1, log_dir=None, driver=None):
     self.model = model
-    self.driver = pruning.PruningStepDriver(model, log_dir)
+    self.driver = driver or pruning.PruningStepDriver(model, log_dir)
     self.inference_calls = inference_calls
     self.step_log = []  # pruning_step of each wrapper right after each optimizer step
     shape = model.input_shape[1:]
@@ -347,6 +347,66 @@ class FixedMaskPruneTest(tf.test.TestCase):
   def testRejectsMaskOfWrongShape_NamingLayer(self):
     with self.assertRaisesRegex(ValueError, "'fc1'"):
       pruning.fixed_mask_prune(_cnn_small(), {"fc1": np.ones((3, 3))})
+
+
+
+class ScheduledMaskDriverTest(tf.test.TestCase):
+  """Masks chosen by the caller at the schedule's turns (gradual pruning by a criterion other than magnitude)."""
+
+  def _chooser(self, calls):
+    """Prunes the *largest* weights (anything but magnitude), recording each call."""
+
+    def choose_masks(model, sparsity, step):
+      calls.append(dict(step=step, sparsity=sparsity, wrapped=any(hasattr(layer, "pruning_vars")
+                                                                  for layer in model.layers),
+                        kernels={name: model.get_layer(name).kernel.numpy() for name in ("conv2", "fc1")}))
+      masks = {}
+      for name in ("conv2", "fc1"):
+        magnitudes = np.abs(model.get_layer(name).kernel.numpy()).ravel()
+        mask = np.ones(magnitudes.size, np.float32)
+        mask[np.argsort(-magnitudes, kind="stable")[:int(round(sparsity * magnitudes.size))]] = 0
+        masks[name] = mask.reshape(model.get_layer(name).kernel.shape)
+      calls[-1]["masks"] = masks
+      return masks
+
+    return choose_masks
+
+  def _wrapped(self):
+    dense = _cnn_small()
+    ones = {name: np.ones(dense.get_layer(name).kernel.shape, np.float32) for name in ("conv2", "fc1")}
+    return pruning.fixed_mask_prune(dense, ones)
+
+  def testChoosesMasksAtTheScheduleTurns_AndTrainsUnderThem(self):
+    model, calls = self._wrapped(), []
+    config = pruning.PruningConfig(target_sparsity=0.8, schedule="polynomial", begin_step=0, end_step=8, frequency=2)
+    schedule = pruning.sparsity_schedule(config)
+    driver = pruning.ScheduledMaskDriver(model, schedule, self._chooser(calls))
+    _Loop(model, driver=driver).run(12)
+    driver.finalize()
+    # Step 0's turn has sparsity 0 and is skipped; tfmot's schedule answers for step k at k + 1.
+    self.assertEqual([call["step"] for call in calls], [2, 4, 6, 8])
+    self.assertAllClose([call["sparsity"] for call in calls], [float(schedule(k + 1)[1]) for k in (2, 4, 6, 8)])
+    self.assertAlmostEqual(calls[-1]["sparsity"], 0.8, places=5)
+    self.assertFalse(any(call["wrapped"] for call in calls))
+    # Each choice sees the weights as training left them: the previous turn's zeros applied, the rest moved on.
+    for before, after in zip(calls, calls[1:]):
+      for name in ("conv2", "fc1"):
+        kept = before["masks"][name] == 1
+        self.assertAllEqual(after["kernels"][name][~kept], np.zeros(np.sum(~kept)))
+        self.assertNotAllClose(after["kernels"][name][kept], before["kernels"][name][kept])
+    for name in ("conv2", "fc1"):
+      self.assertAllEqual(_masks(model)[name], calls[-1]["masks"][name])
+      pruned = calls[-1]["masks"][name] == 0
+      self.assertAllEqual(model.get_layer(f"prune_low_magnitude_{name}").layer.kernel.numpy()[pruned],
+                          np.zeros(np.sum(pruned)))
+
+  def testRejectsMasksForOtherLayers_NamingThem(self):
+    model = self._wrapped()
+    config = pruning.PruningConfig(target_sparsity=0.5, schedule="constant", begin_step=1)
+    driver = pruning.ScheduledMaskDriver(model, pruning.sparsity_schedule(config),
+                                         lambda stripped, sparsity, step: {"fc1": np.ones((288, 100))})
+    with self.assertRaisesRegex(ValueError, "conv2"):
+      _Loop(model, driver=driver).run(3)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,29 @@ import numpy as np
 from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.utils import clip_eta, random_lp_vector
 
+from tfrobprune import input_gradients
 from tfrobprune.keras_compat import tf
 
 NORMS = {"linf": np.inf, "l2": 2}
 
 
 def inference_fn(model):
-  """A model function for attacks: logits of `model` in inference mode. Build it once per model."""
-  return lambda x: model(x, training=False)
+  """A model function for attacks: logits of `model` in inference mode. Build it once per model.
+
+  Its image-facing convolutions differentiate with respect to the image by `input_gradients`' polyphase forward
+  convolution (the same gradient, up to rounding, at about half the cost on oneDNN); plain calls of `model` are
+  unaffected.
+  """
+  layers = None
+
+  def logits(x):
+    nonlocal layers
+    if layers is None and model.built:
+      layers = input_gradients.eligible_layers(model)
+    with input_gradients.polyphase_input_gradients(layers or []):
+      return model(x, training=False)
+
+  return logits
 
 
 def _cross_entropy(labels, logits):

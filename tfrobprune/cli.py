@@ -117,6 +117,12 @@ _SCORE_LEARNING_RATE = flags.DEFINE_float("score_learning_rate", 0.1, "Learning 
 _SCORE_BUDGETS = flags.DEFINE_enum("score_budgets", "learned", list(scores_lib.BUDGETS),
                                    "With --prune_scope=global: 'learned' ranks all layers' scores together; "
                                    "'magnitude' keeps global magnitude's count per layer and learns which weights.")
+_SCORE_SCHEDULE = flags.DEFINE_enum("score_schedule", "oneshot", list(scores_lib.SCHEDULES),
+                                    "'oneshot': learn one mask on the dense model, then fine-tune (HYDRA); "
+                                    "'gradual': relearn the scores at each mask update of the pruning schedule "
+                                    "(--prune_schedule, --prune_frequency) from the fine-tuned weights.")
+_SCORE_UPDATE_STEPS = flags.DEFINE_integer("score_update_steps", 100,
+                                           "Score steps per mask update with --score_schedule=gradual.", lower_bound=1)
 # Evaluation.
 _EVAL_EPS = flags.DEFINE_float("eval_eps", None, "Evaluation epsilon (default: --eps).", lower_bound=0.0,
                                upper_bound=1.0)
@@ -240,7 +246,8 @@ def config_from_flags():
       dense_checkpoint=_DENSE_CHECKPOINT.value, export=_EXPORT.value, distribute=_DISTRIBUTE.value,
       prune_criterion=_PRUNE_CRITERION.value,
       scores=scores_lib.ScoreConfig(epochs=_SCORE_EPOCHS.value, learning_rate=_SCORE_LEARNING_RATE.value,
-                                    budgets=_SCORE_BUDGETS.value))
+                                    budgets=_SCORE_BUDGETS.value, schedule=_SCORE_SCHEDULE.value,
+                                    update_steps=_SCORE_UPDATE_STEPS.value))
 
 
 def _fail(message):

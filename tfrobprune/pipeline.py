@@ -261,6 +261,42 @@ def _learned_masks(ctx, model, target, phase):
                             score_config, seed=config.seed, log=ctx.log)
 
 
+def _gradual_score_masks(ctx, phase):
+  """The `choose_masks` of `ScheduledMaskDriver` for scores learned at each mask update (schedule 'gradual')."""
+  config = ctx.config
+  score_config = dataclasses.replace(config.scores, epochs=1, batch_size=config.finetune.batch_size,
+                                     scope=config.pruning.scope, exclude_layers=config.pruning.exclude_layers)
+  objective = objectives.make_objective(config.finetune_objective, ctx.dataset.num_classes, seed=config.seed)
+
+  def choose_masks(model, sparsity, step):
+    batches = _dataset_fn(ctx, score_config.batch_size, f"scores_{phase}_step{step}")
+    ctx.log(f"[scores_{phase}] step {step}: learning a {sparsity:.4f}-sparse mask "
+            f"({score_config.update_steps} score steps)")
+    return scores.learn_masks(model, objective, lambda epoch: batches(epoch).take(score_config.update_steps),
+                              sparsity, score_config, seed=config.seed + step, log=ctx.log)
+
+  return choose_masks
+
+
+def _pruned_for_finetuning(ctx, model, target, phase, ramp_steps):
+  """The wrapped model a fine-tuning round trains and the driver that prunes it, by the configured criterion."""
+  config = ctx.config
+  log_dir = ctx.path("tensorboard", f"pruning_{phase}")
+  prune_config = _round_pruning_config(config.pruning, target, ramp_steps)
+  if config.prune_criterion == "magnitude":
+    with ctx.strategy.scope():
+      wrapped = pruning.prune_model(model, prune_config)
+    return wrapped, pruning.PruningStepDriver(wrapped, log_dir=log_dir)
+  if config.scores.schedule == "oneshot":
+    wrapped = pruning.fixed_mask_prune(model, _learned_masks(ctx, model, target, phase))
+    return wrapped, pruning.PruningStepDriver(wrapped, log_dir=log_dir)
+  dense_masks = {layer.name: np.ones(layer.kernel.shape, np.float32) for layer in models.prunable_layers(model)
+                 if layer.name not in config.pruning.exclude_layers}
+  wrapped = pruning.fixed_mask_prune(model, dense_masks)
+  return wrapped, pruning.ScheduledMaskDriver(wrapped, pruning.sparsity_schedule(prune_config),
+                                              _gradual_score_masks(ctx, phase), log_dir=log_dir)
+
+
 def _prune_and_finetune(ctx, dense_model, sparsity):
   """Prunes a copy of the dense model to `sparsity` in `prune_rounds` prune/fine-tune rounds; returns it stripped."""
   config = ctx.config
@@ -273,13 +309,7 @@ def _prune_and_finetune(ctx, dense_model, sparsity):
       ctx.log(f"[{phase}] finished earlier; loading its model.")
       current, history = load_model(_model_path(ctx, phase)), history + finished["history"]
       continue
-    if config.prune_criterion == "scores":
-      wrapped = pruning.fixed_mask_prune(current, _learned_masks(ctx, current, target, phase))
-    else:
-      prune_config = _round_pruning_config(config.pruning, target, int(config.prune_end_fraction * steps))
-      with ctx.strategy.scope():
-        wrapped = pruning.prune_model(current, prune_config)
-    driver = pruning.PruningStepDriver(wrapped, log_dir=ctx.path("tensorboard", f"pruning_{phase}"))
+    wrapped, driver = _pruned_for_finetuning(ctx, current, target, phase, int(config.prune_end_fraction * steps))
     round_history = _run_phase(ctx, wrapped, config.finetune, config.finetune_objective, phase, driver)
     with ctx.strategy.scope():
       driver.finalize()

@@ -365,6 +365,14 @@ def _schedule(config, initial, final):
       initial, final, begin_step=begin, end_step=config.end_step + 1, frequency=config.frequency)
 
 
+def sparsity_schedule(config):
+  """The tfmot schedule of `config` for its overall target (initial -> target sparsity), in tfmot's step count.
+
+  `schedule(k + 1)` answers for optimizer step k (module docstring): a (should prune, sparsity) pair of tensors.
+  """
+  return _schedule(config, config.initial_sparsity, min(config.target_sparsity, _MAX_LAYER_SPARSITY))
+
+
 def _check_m_by_n_layer(layer, m_by_n):
   """Raises unless tfmot's m:n mask can give `layer` exactly m zeros in every n input-channel weights.
 
@@ -621,3 +629,48 @@ class PruningStepDriver:
         tf.summary.scalar(f"{wrapper.layer.name}/sparsity", 1.0 - tf.reduce_mean(mask))
         tf.summary.scalar(f"{wrapper.layer.name}/threshold", threshold)
     self._writer.flush()
+
+
+class ScheduledMaskDriver(PruningStepDriver):
+  """A `PruningStepDriver` whose masks are chosen by the caller at a schedule's pruning turns: gradual pruning by
+  any criterion.
+
+  tfmot's wrappers can only recompute masks from |kernel|. Here the model comes from `fixed_mask_prune` (its own
+  schedules never fire) and, at the start of every optimizer step at which `schedule` prunes, the driver calls
+  `choose_masks(stripped, sparsity, step)` with a stripped copy of the model as it is (masks applied) and writes
+  the masks it returns into the wrappers (kernel * mask at once). Steps between turns train under fixed masks, so
+  the kept weights adapt before the next turn, as in tfmot's gradual magnitude pruning.
+
+  Args:
+    model: a model from `fixed_mask_prune`.
+    schedule: a tfmot `PruningSchedule` in tfmot's step count (`sparsity_schedule`); turns with sparsity 0 are
+      skipped.
+    choose_masks: `choose_masks(model, sparsity, step)` returns {wrapped layer name: 0/1 mask shaped like its
+      kernel}; a weight it keeps after an earlier turn pruned it stays at zero until training moves it.
+    log_dir: as for `PruningStepDriver`.
+  """
+
+  def __init__(self, model, schedule, choose_masks, log_dir=None):
+    super().__init__(model, log_dir)
+    self._schedule = schedule
+    self._choose_masks = choose_masks
+
+  def on_step_begin(self, step_in_epoch):
+    self._check_previous_step()
+    due, sparsity = self._schedule(self.step + 1)
+    if bool(due) and float(sparsity) > 0:
+      self._set_masks(self._choose_masks(strip(self.model), float(sparsity), self.step))
+    super().on_step_begin(step_in_epoch)
+
+  def _set_masks(self, masks):
+    stripped_names = {wrapper.layer.name for wrapper in self._wrappers}
+    if set(masks) != stripped_names:
+      raise ValueError(f"choose_masks returned masks for {sorted(masks)}, but the wrapped layers are "
+                       f"{sorted(stripped_names)}.")
+    for wrapper in self._wrappers:
+      mask = np.asarray(masks[wrapper.layer.name], np.float32)
+      if mask.shape != tuple(wrapper.layer.kernel.shape):
+        raise ValueError(f"choose_masks returned a mask of shape {mask.shape} for layer {wrapper.layer.name!r}, "
+                         f"whose kernel has shape {tuple(wrapper.layer.kernel.shape)}.")
+      wrapper.pruning_vars[0][1].assign(mask)
+    apply_masks(self.model)

@@ -48,6 +48,7 @@ from tfrobprune.models import prunable_layers
 
 SCOPES = ("layer", "global")
 BUDGETS = ("learned", "magnitude")
+SCHEDULES = ("oneshot", "gradual")
 OPTIMIZERS = training.OPTIMIZERS
 
 
@@ -76,6 +77,11 @@ class ScoreConfig:
       (per-layer top-k, scaled initialisation). At 99% on the Fashion-MNIST reference, after fine-tuning,
       'learned' reached 65.11% PGD and 'magnitude' 64.90%; 'magnitude' isolates "which weights" from "how many
       per layer".
+    schedule: 'oneshot' (HYDRA): scores are learned for `epochs` on the dense model, and fine-tuning trains the
+      weights under that one mask. 'gradual': fine-tuning follows the magnitude criterion's pruning schedule, and at
+      each of its mask updates the scores are learned afresh for `update_steps` steps from the weights as
+      fine-tuning has left them (frozen again), at that update's sparsity; the weights adapt between updates.
+    update_steps: score steps per mask update (schedule 'gradual').
   """
 
   epochs: int = 2
@@ -85,6 +91,8 @@ class ScoreConfig:
   exclude_layers: tuple[str, ...] = ()
   optimizer: str = "sgd"
   budgets: str = "learned"
+  schedule: str = "oneshot"
+  update_steps: int = 100
 
   def __post_init__(self):
     if isinstance(self.exclude_layers, str):
@@ -105,6 +113,9 @@ class ScoreConfig:
       raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}.")
     if self.budgets not in BUDGETS:
       raise ValueError(f"budgets must be one of {', '.join(BUDGETS)}; got {self.budgets!r}.")
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}.")
+    pruning.check_int("update_steps", self.update_steps, 1)
     if not all(isinstance(name, str) for name in self.exclude_layers):
       raise ValueError(f"exclude_layers must hold layer names (strings), got {self.exclude_layers!r}.")
 
