@@ -374,6 +374,23 @@ class MarginBoundsTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllGreaterEqual(folded[others] - naive[others], -TOLERANCE)
     self.assertTrue(np.any(folded[others] > naive[others] + TOLERANCE))
 
+  @parameterized.parameters("mlp", "cnn_small")
+  def testPairwiseFinalDense_EqualsFoldingTheSpecInValueAndGradient(self, name):
+    model = _model(name)
+    x, y = _data(model, 6)
+    last = model.layers[-1]
+    with tf.GradientTape(persistent=True) as tape:
+      penultimate = bounds.propagate_bounds(model, IntervalBounds.from_epsilon(x, .05), stop_before_last=True)
+      pairwise = bounds._pairwise_margins(last.kernel, last.bias, penultimate, tf.constant(y, tf.int32))
+      folded = bounds._folded_margins(last, penultimate, bounds._margin_spec(y, NUM_CLASSES))
+      losses = [tf.reduce_sum(tf.nn.softplus(-margins) * np.arange(1, NUM_CLASSES + 1)) for margins in (pairwise,
+                                                                                                         folded)]
+    self.assertAllClose(pairwise, folded, atol=TOLERANCE, rtol=1e-5)
+    self.assertAllClose(bounds.margin_bounds(model, x, y, .05, NUM_CLASSES), folded, atol=TOLERANCE, rtol=1e-5)
+    for fast, reference in zip(*(tape.gradient(loss, model.trainable_variables) for loss in losses)):
+      # Summation order differs: compare to the gradient's own scale (the random models' margins are ~100).
+      self.assertAllClose(fast, reference, atol=1e-6 * float(tf.reduce_max(tf.abs(reference))), rtol=1e-3)
+
   def testLabelEntry_IsZero(self):
     model = _model("mlp")
     x, y = _data(model, 5)

@@ -99,6 +99,18 @@ class PipelineTest(absltest.TestCase):
     self.assertAlmostEqual(report["pruned"]["sparsity"], 0.8, delta=0.01)
     self.assertLessEqual(report["pruned"]["pgd_acc"], report["pruned"]["benign_acc"])
 
+  def testGradualScoreScheduleRelearnsTheMaskAtEachTurnUpToTheTarget(self):
+    lines = []
+    config = _config(prune_criterion="scores", scores=scores.ScoreConfig(schedule="gradual", update_steps=3))
+    report = pipeline.run(config, self.create_tempdir().full_path, pipeline.RunOptions(progress=False,
+                                                                                      log=lines.append))
+    turns = [line for line in lines if "-sparse mask (3 score steps)" in line]
+    # 2 epochs x 8 steps; sparsity ramps over the first half, a turn every 2 steps (step 0's has sparsity 0).
+    self.assertEqual([line.split(": learning")[0].split()[-1] for line in turns], ["2", "4", "6", "8"])
+    self.assertIn("learning a 0.8000-sparse mask", turns[-1])
+    self.assertEqual(report["config"]["scores"]["schedule"], "gradual")
+    self.assertAlmostEqual(report["pruned"]["sparsity"], 0.8, delta=0.01)
+
   def testUnwritableOutputDirectoryIsNamed(self):
     with self.assertRaisesRegex(OSError, "/proc/nope"):
       pipeline.run(_config(), "/proc/nope", _QUIET)

@@ -108,6 +108,8 @@ class ScoreConfigTest(tf.test.TestCase, parameterized.TestCase):
       ("scope must be one of layer, global; got 'all'", {"scope": "all"}),
       ("optimizer must be one of adam, sgd; got 'rmsprop'", {"optimizer": "rmsprop"}),
       ("budgets must be one of learned, magnitude; got 'equal'", {"budgets": "equal"}),
+      ("schedule must be one of oneshot, gradual; got 'iterative'", {"schedule": "iterative"}),
+      ("update_steps must be an integer >= 1, got 0", {"update_steps": 0}),
       (r"got the string 'conv1'; did you mean \('conv1',\)", {"exclude_layers": "conv1"}),
   )
   def testRejectsBadValuesNamingThem(self, message, kwargs):

@@ -125,6 +125,7 @@ class _Linear:
   transpose: Callable
   nonnegative: bool = False
   halve: Optional[Callable[[], "_Linear"]] = None
+  matrix: Optional[tf.Tensor] = None  # the [inputs, outputs] matrix W of `x -> x W`, if the map is a plain matmul
 
   def halved(self):
     """`A / 2` as a `_Linear`."""
@@ -248,7 +249,7 @@ def _dense_linear(kernel):
   return _Linear(apply=lambda x: tf.matmul(x, kernel),
                  apply_abs=lambda x: tf.matmul(x, tf.abs(kernel)),
                  transpose=lambda lam, _: tf.matmul(lam, kernel, transpose_b=True),
-                 halve=lambda: _dense_linear(0.5 * kernel))
+                 halve=lambda: _dense_linear(0.5 * kernel), matrix=kernel)
 
 
 def _conv2d_linear(layer, kernel):
@@ -540,6 +541,24 @@ def _folded_margins(layer, bounds, spec):
   return _concretize(lam, offset, bounds)
 
 
+def _pairwise_margins(kernel, bias, bounds, y):
+  """`_folded_margins` for a final Dense layer `z = x W + b` and the margin spec of labels `y`, computed pairwise.
+
+  Row j of `C W` is `W[:, y] - W[:, j]`, so the bound `(z_y - z_j)(c) - |W[:, y] - W[:, j]| r` needs the center's
+  logits and, for the radius, the K x K table of column differences `|W[:, i] - W[:, j]|`, whichever the labels:
+  one [batch, n] x [n, K*K] matmul replaces the [batch, K, n] per-example matrices `C W` (and their backward),
+  which were 10x the size of the last hidden layer's activations.
+  """
+  num_inputs, num_classes = kernel.shape
+  logits = tf.matmul(bounds.center, kernel)
+  if bias is not None:
+    logits += bias
+  differences = tf.abs(kernel[:, :, None] - kernel[:, None, :])  # [n, K (label), K (other class)]
+  spreads = tf.matmul(bounds.radius, tf.reshape(differences, [num_inputs, num_classes * num_classes]))
+  spread = tf.gather(tf.reshape(spreads, [-1, num_classes, num_classes]), y, axis=1, batch_dims=1)
+  return tf.gather(logits, y, axis=1, batch_dims=1)[:, None] - logits - spread
+
+
 def margin_bounds(model, x, y, eps, num_classes):
   """IBP lower bounds of the margins `logit_y - logit_j` over the L-inf ball (clipped to [0, 1]).
 
@@ -562,7 +581,12 @@ def margin_bounds(model, x, y, eps, num_classes):
   """
   box = IntervalBounds.from_epsilon(x, eps)
   penultimate = propagate_bounds(model, box, stop_before_last=True)
-  return _folded_margins(_last_layer(model), penultimate, _margin_spec(y, num_classes))
+  last = _last_layer(model)
+  steps = _steps(last)
+  _check_final_affine(last, steps, num_classes)
+  if len(steps) == 1 and steps[0].linear.matrix is not None and penultimate.shape.rank == 2:
+    return _pairwise_margins(steps[0].linear.matrix, steps[0].bias, penultimate, tf.cast(y, tf.int32))
+  return _folded_margins(last, penultimate, _margin_spec(y, num_classes))
 
 
 def _chain_layers(model):

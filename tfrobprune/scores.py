@@ -9,7 +9,11 @@ through (edge-popup, Ramanujan et al. 2020):
     dL/dS = dL/dM * sign(S) = (dL/dW_eff * W) * sign(S),    W_eff = W * M(S).
 
 Pruned weights get a gradient too, so a score can climb back into the top k. `learn_masks` returns the final masks;
-`pruning.fixed_mask_prune` then fine-tunes the network under them.
+`pruning.fixed_mask_prune` then fine-tunes the network under them (schedule 'oneshot', HYDRA's). With schedule
+'gradual' the pipeline calls `learn_masks` at every mask update of the magnitude criterion's gradual schedule
+instead (`pruning.ScheduledMaskDriver`), on the weights as fine-tuning has left them, so that the kept weights adapt
+between updates as they do under gradual magnitude pruning; weights an earlier update removed are zero, so their
+scores start at zero, get no gradient, and stay pruned.
 
 Choices, checked against the paper and its code (github.com/inspire-group/hydra):
 - Initialisation. Scope 'layer': HYDRA's scaled initialisation `S = sqrt(6 / fan_in) * W / max|W|` per layer, so
