@@ -1,6 +1,7 @@
 """Tests for tfrobprune.input_gradients: the polyphase input gradient equals TensorFlow's, and attacks use it."""
 
 import itertools
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -85,9 +86,11 @@ class ModelIntegrationTest(tf.test.TestCase):
     wrapped = pruning.fixed_mask_prune(self.model, {"conv1": np.ones((4, 4, 1, 16), np.float32)})
     self.assertEqual([layer.name for layer in input_gradients.eligible_layers(wrapped)], ["conv1"])
 
-  def testAttackGradientHasOneBackpropInputFewerAndTheSameValue(self):
+  def testWhereItPaysOff_AttackGradientHasOneBackpropInputFewerAndTheSameValue(self):
     plain = _ops_in_gradient_graph(lambda x: self.model(x, training=False), self.x, self.y)
-    polyphase = _ops_in_gradient_graph(attacks.inference_fn(self.model), self.x, self.y)
+    with mock.patch.object(input_gradients, "pays_off", return_value=True):
+      model_fn = attacks.inference_fn(self.model)
+    polyphase = _ops_in_gradient_graph(model_fn, self.x, self.y)
     self.assertEqual(plain.count("Conv2DBackpropInput"), 2)
     self.assertEqual(polyphase.count("Conv2DBackpropInput"), 1)
     self.assertIn("DepthToSpace", polyphase)
@@ -98,8 +101,13 @@ class ModelIntegrationTest(tf.test.TestCase):
         loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(self.y, model_fn(self.x)))
       return tape.gradient(loss, self.x)
 
-    self.assertAllClose(input_gradient(attacks.inference_fn(self.model)),
-                        input_gradient(lambda x: self.model(x, training=False)), atol=1e-6, rtol=1e-4)
+    self.assertAllClose(input_gradient(model_fn), input_gradient(lambda x: self.model(x, training=False)),
+                        atol=1e-6, rtol=1e-4)
+
+  def testWhereItDoesNotPayOff_AttackKeepsTensorflowsGradient(self):
+    with mock.patch.object(input_gradients, "pays_off", return_value=False):
+      model_fn = attacks.inference_fn(self.model)
+    self.assertEqual(_ops_in_gradient_graph(model_fn, self.x, self.y).count("Conv2DBackpropInput"), 2)
 
   def testTheBlockLeavesNoTraceOnTheLayers(self):
     layers = input_gradients.eligible_layers(self.model)

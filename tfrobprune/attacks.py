@@ -26,11 +26,11 @@ NORMS = {"linf": np.inf, "l2": 2}
 def inference_fn(model):
   """A model function for attacks: logits of `model` in inference mode. Build it once per model.
 
-  Its image-facing convolutions differentiate with respect to the image by `input_gradients`' polyphase forward
-  convolution (the same gradient, up to rounding, at about half the cost on oneDNN); plain calls of `model` are
-  unaffected.
+  Where it pays off (oneDNN kernels, `input_gradients.pays_off`), its image-facing convolutions differentiate
+  with respect to the image by `input_gradients`' polyphase forward convolution: the same gradient up to rounding,
+  about 12% less time per PGD training step of cnn_small. Plain calls of `model` are unaffected.
   """
-  layers = None
+  layers = None if input_gradients.pays_off() else []
 
   def logits(x):
     nonlocal layers

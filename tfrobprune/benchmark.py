@@ -26,6 +26,7 @@ import numpy as np
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
 from tfrobprune import evaluation
+from tfrobprune import input_gradients
 from tfrobprune import models
 from tfrobprune import objectives
 from tfrobprune import training
@@ -91,16 +92,6 @@ def _cpu_model():
     pass
   return platform.processor() or platform.machine()
 
-
-def _onednn_enabled():
-  """Whether TensorFlow runs its oneDNN kernels (on by default on x86 CPUs with AVX-512 VNNI and newer; off with
-  TF_ENABLE_ONEDNN_OPTS=0). They change the ratios: oneDNN made the natural step 37% faster here but the input
-  gradient of the 1-channel first convolution, which every attack iteration needs, 2.3x slower than Eigen's."""
-  try:
-    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
-    return bool(_pywrap_util_port.IsMklEnabled())
-  except (ImportError, AttributeError):
-    return None
 
 
 def _interleaved_ms_per_step(step_fns, config):
@@ -207,7 +198,7 @@ def run_benchmark(config=BenchConfig(), log=print):
   """Measures every figure of the performance issue; returns them as a flat dict (see `format_table`)."""
   figures = {"model": config.model, "batch_size": config.batch_size, "pgd_steps": config.pgd_steps,
              "threads": tf.config.threading.get_intra_op_parallelism_threads() or "default",
-             "cpu": _cpu_model(), "onednn": _onednn_enabled()}
+             "cpu": _cpu_model(), "onednn": input_gradients.onednn_enabled()}
   step_fns = {f"{kind}_step_ms": _compiled_train_step(config, config.model, _objective(config, kind),
                                                       config.batch_size)
               for kind in ("natural", "pgd", "trades", "ibp", "crown_ibp")}
