@@ -117,15 +117,17 @@ class ModelIntegrationTest(tf.test.TestCase):
     plain = _ops_in_gradient_graph(lambda x: self.model(x, training=False), self.x, self.y)
     self.assertEqual(plain.count("Conv2DBackpropInput"), 2)
 
-  def testWideInputsKeepTensorflowsKernel(self):
+  def testWideDilatedOrUnstridedConvolutionsKeepTensorflowsKernel(self):
     wide = keras.Sequential([keras.Input((8, 8, input_gradients.MAX_INPUT_CHANNELS + 1)),
                              keras.layers.Conv2D(4, 3, strides=2, padding="same")])
     narrow = keras.Sequential([keras.Input((8, 8, input_gradients.MAX_INPUT_CHANNELS)),
                                keras.layers.Conv2D(4, 3, strides=2, padding="same", dilation_rate=1)])
     dilated = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, dilation_rate=2)])
+    unstrided = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, padding="same")])
     self.assertEmpty(input_gradients.eligible_layers(wide))
     self.assertLen(input_gradients.eligible_layers(narrow), 1)
     self.assertEmpty(input_gradients.eligible_layers(dilated))
+    self.assertEmpty(input_gradients.eligible_layers(unstrided))
 
 
 if __name__ == "__main__":

@@ -18,11 +18,15 @@ channels of a single stride-1 convolution over dy, with kernel K[j, co, (r, ci)]
 TensorFlow's gradient up to float rounding (`tests/input_gradients_test.py`).
 
 Scope: attack passes only (`attacks.inference_fn`); training steps, which need no image gradient, keep
-TensorFlow's kernels. Only Conv2D layers whose input has at most `MAX_INPUT_CHANNELS` channels take this path: for
-wider inputs TensorFlow's own kernel is faster (cnn_small's conv2, 16 channels: 5.6 vs 4.4 ms). And only under
-oneDNN (`pays_off`): with TensorFlow's Eigen kernels (`TF_ENABLE_ONEDNN_OPTS=0`, or CPUs without AVX-512 VNNI) the
-input-gradient kernel is fast and the polyphase convolution is not. A/B of cnn_small's PGD-10 training step, batch
-128, in one process: oneDNN 50.1 ms with TensorFlow's gradient, 44.0 ms polyphase; Eigen 60.7 ms against 82.6 ms.
+TensorFlow's kernels. Only strided Conv2D layers whose input has at most `MAX_INPUT_CHANNELS` channels take this
+path. Forward plus input gradient at batch 128 under oneDNN (TensorFlow's / polyphase):
+- cnn_small's conv1, 28x28x1, 4x4 stride 2 -> 16: 3.1 / 2.1 ms (the case this is for);
+- cnn_small's conv2, 14x14x16, 4x4 stride 2 -> 32: 2.3 / 3.1 ms (wide inputs: TensorFlow's kernel is fine);
+- stride 1, 28x28x1 3x3 -> 32: 7.7 / 8.6 ms; 32x32x3 3x3 -> 64: 22.1 / 24.7 ms (no zero-dilated gradient to avoid).
+And only under oneDNN (`pays_off`): with TensorFlow's Eigen kernels (`TF_ENABLE_ONEDNN_OPTS=0`, or CPUs without
+AVX-512 VNNI) the input-gradient kernel is fast and the polyphase convolution is not. A/B of cnn_small's PGD-10
+training step, batch 128, in one process: oneDNN 50.1 ms with TensorFlow's gradient, 44.0 ms polyphase; Eigen
+60.7 ms against 82.6 ms.
 """
 
 import contextlib
@@ -152,11 +156,11 @@ def pays_off():
 
 
 def _eligible(layer):
-  """Conv2D layers (exact class) the polyphase gradient supports and speeds up."""
+  """Conv2D layers (exact class) the polyphase gradient supports and speeds up: strided, few input channels."""
   if type(layer) is not keras.layers.Conv2D or not layer.built:
     return False
   return (layer.data_format == "channels_last" and layer.groups == 1 and tuple(layer.dilation_rate) == (1, 1)
-          and layer.strides[0] == layer.strides[1] and layer.padding in ("same", "valid")
+          and layer.strides[0] == layer.strides[1] > 1 and layer.padding in ("same", "valid")
           and layer.kernel.shape[2] <= MAX_INPUT_CHANNELS)
 
 
