@@ -663,10 +663,10 @@ class ScheduledMaskDriver(PruningStepDriver):
     super().on_step_begin(step_in_epoch)
 
   def _set_masks(self, masks):
-    stripped_names = {wrapper.layer.name for wrapper in self._wrappers}
-    if set(masks) != stripped_names:
+    wrapped_names = {wrapper.layer.name for wrapper in self._wrappers}
+    if set(masks) != wrapped_names:
       raise ValueError(f"choose_masks returned masks for {sorted(masks)}, but the wrapped layers are "
-                       f"{sorted(stripped_names)}.")
+                       f"{sorted(wrapped_names)}.")
     for wrapper in self._wrappers:
       mask = np.asarray(masks[wrapper.layer.name], np.float32)
       if mask.shape != tuple(wrapper.layer.kernel.shape):
