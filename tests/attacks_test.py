@@ -46,6 +46,15 @@ class AttackTest(tf.test.TestCase, parameterized.TestCase):
     self.assertGreaterEqual(x_adv.min(), 0.0)
     self.assertLessEqual(x_adv.max(), 1.0)
 
+  def testLinfPgdFollowsCleverhansIterates(self):
+    # Without a random start both are deterministic: the same iterates as cleverhans' own PGD.
+    from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent  # pylint: disable=g-import-not-at-top
+    ours = attacks.pgd(self.model_fn, self.x, self.y, 0.15, 0.04, 7, rand_init=False)
+    theirs = projected_gradient_descent(self.model_fn, self.x, 0.15, 0.04, 7, np.inf, clip_min=0.0, clip_max=1.0,
+                                        y=self.y, rand_init=False, sanity_checks=False)
+    self.assertAllClose(ours, theirs, atol=1e-6, rtol=0)
+    self.assertGreater(float(np.mean(np.abs(ours - self.x) > 0.1)), 0.1)  # the attack moved far from x
+
   def testL2PgdStaysInTheBall(self):
     x_adv = attacks.pgd(self.model_fn, self.x, self.y, 0.5, 0.1, 10, norm="l2").numpy()
     norms = np.sqrt(np.sum((x_adv - self.x) ** 2, axis=(1, 2, 3)))

@@ -14,7 +14,7 @@ y[o] = sum_a x[s*o - p + a] W[a] (one spatial axis shown). Its input gradient, a
 
 a stride-1 correlation of dy with a small kernel per phase. All s*s phases (of both axes) stack into the output
 channels of a single stride-1 convolution over dy, with kernel K[j, co, (r, ci)] = W[s*(d_max - j) + r + p, ci, co]
-(zero where out of range), and `depth_to_space` interleaves the phases back into the image grid. The result equals
+(zero where out of range), and a depth-to-space interleaves the phases back into the image grid. The result equals
 TensorFlow's gradient up to float rounding (`tests/input_gradients_test.py`).
 
 Scope: attack passes only (`attacks.inference_fn`); training steps, which need no image gradient, keep
@@ -120,8 +120,16 @@ def conv2d_input_gradient(dy, kernel, input_size, stride, padding):
   dy = _pad_or_crop(dy, 1, d_max_h, rows + poly.shape[0] - 1 - out_h - d_max_h)
   dy = _pad_or_crop(dy, 2, d_max_w, cols + poly.shape[1] - 1 - out_w - d_max_w)
   phases = tf.nn.conv2d(dy, poly, 1, "VALID")
-  dx = tf.nn.depth_to_space(phases, stride) if stride > 1 else phases
-  return dx[:, :height, :width, :]
+  return _interleave_phases(phases, stride)[:, :height, :width, :]
+
+
+def _interleave_phases(phases, stride):
+  """`depth_to_space(phases, stride)` as reshape-transpose-reshape (a oneDNN transpose: ~0.1 ms less per call for
+  cnn_small's conv1 at batch 128 than TensorFlow's DepthToSpace kernel)."""
+  _, rows, cols, channels = phases.shape
+  c_in = channels // (stride * stride)
+  blocks = tf.reshape(phases, [-1, rows, cols, stride, stride, c_in])
+  return tf.reshape(tf.transpose(blocks, [0, 1, 3, 2, 4, 5]), [-1, rows * stride, cols * stride, c_in])
 
 
 def conv2d(x, kernel, stride, padding):
