@@ -382,7 +382,7 @@ class MarginBoundsTest(tf.test.TestCase, parameterized.TestCase):
     with tf.GradientTape(persistent=True) as tape:
       penultimate = bounds.propagate_bounds(model, IntervalBounds.from_epsilon(x, .05), stop_before_last=True)
       pairwise = bounds._pairwise_margins(last.kernel, last.bias, penultimate, tf.constant(y, tf.int32))
-      folded = bounds._folded_margins(last, penultimate, bounds._margin_spec(y, NUM_CLASSES))
+      folded = bounds._folded_margins(bounds._steps(last), penultimate, bounds._margin_spec(y, NUM_CLASSES))
       losses = [tf.reduce_sum(tf.nn.softplus(-margins) * np.arange(1, NUM_CLASSES + 1)) for margins in (pairwise,
                                                                                                          folded)]
     self.assertAllClose(pairwise, folded, atol=TOLERANCE, rtol=1e-5)

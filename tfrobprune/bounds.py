@@ -532,10 +532,9 @@ def _check_final_affine(layer, steps, num_classes):
     raise ValueError(f"num_classes={num_classes} but layer {layer.name!r} has {layer.output_shape[-1]} outputs.")
 
 
-def _folded_margins(layer, bounds, spec):
-  """IBP with the spec folded into the last layer: `min (C W) x + C b` over the box of its input."""
-  steps = _steps(layer)
-  _check_final_affine(layer, steps, spec.shape[-1])
+def _folded_margins(steps, bounds, spec):
+  """IBP with the spec folded into the last layer (its checked `steps`): `min (C W) x + C b` over the box of its
+  input."""
   inputs, _ = _forward(steps, bounds)
   lam, offset = _back_substitute(steps, inputs, spec)
   return _concretize(lam, offset, bounds)
@@ -586,7 +585,7 @@ def margin_bounds(model, x, y, eps, num_classes):
   _check_final_affine(last, steps, num_classes)
   if len(steps) == 1 and steps[0].linear.matrix is not None and penultimate.shape.rank == 2:
     return _pairwise_margins(steps[0].linear.matrix, steps[0].bias, penultimate, tf.cast(y, tf.int32))
-  return _folded_margins(last, penultimate, _margin_spec(y, num_classes))
+  return _folded_margins(steps, penultimate, _margin_spec(y, num_classes))
 
 
 def _chain_layers(model):

@@ -89,9 +89,9 @@ def polyphase_kernel(kernel, stride, pads):
 
 def _pad_or_crop(tensor, axis, before, after):
   """Zero-pads (positive) or crops (negative) `before`/`after` entries of one axis."""
-  size = tensor.shape[axis]
-  begin, end = max(-before, 0), size - max(-after, 0)
-  cropped = tf.gather(tensor, tf.range(begin, end), axis=axis) if (begin, end) != (0, size) else tensor
+  window = [slice(None)] * tensor.shape.rank
+  window[axis] = slice(max(-before, 0), tensor.shape[axis] - max(-after, 0))
+  cropped = tensor[tuple(window)]
   paddings = [[0, 0]] * len(tensor.shape)
   paddings[axis] = [max(before, 0), max(after, 0)]
   return tf.pad(cropped, paddings) if max(before, 0) or max(after, 0) else cropped
