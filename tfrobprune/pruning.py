@@ -659,18 +659,16 @@ class ScheduledMaskDriver(PruningStepDriver):
     self._check_previous_step()
     due, sparsity = self._schedule(self.step + 1)
     if bool(due) and float(sparsity) > 0:
-      self._set_masks(self._choose_masks(strip(self.model), float(sparsity), self.step))
+      stripped = strip(self.model)
+      self._set_masks(stripped, self._choose_masks(stripped, float(sparsity), self.step))
     super().on_step_begin(step_in_epoch)
 
-  def _set_masks(self, masks):
+  def _set_masks(self, stripped, masks):
     wrapped_names = {wrapper.layer.name for wrapper in self._wrappers}
     if set(masks) != wrapped_names:
       raise ValueError(f"choose_masks returned masks for {sorted(masks)}, but the wrapped layers are "
                        f"{sorted(wrapped_names)}.")
+    _check_masks(stripped, masks)  # shapes and 0/1 values, as for `fixed_mask_prune`
     for wrapper in self._wrappers:
-      mask = np.asarray(masks[wrapper.layer.name], np.float32)
-      if mask.shape != tuple(wrapper.layer.kernel.shape):
-        raise ValueError(f"choose_masks returned a mask of shape {mask.shape} for layer {wrapper.layer.name!r}, "
-                         f"whose kernel has shape {tuple(wrapper.layer.kernel.shape)}.")
-      wrapper.pruning_vars[0][1].assign(mask)
+      wrapper.pruning_vars[0][1].assign(np.asarray(masks[wrapper.layer.name], np.float32))
     apply_masks(self.model)
