@@ -52,7 +52,7 @@ setuptools.setup(
     version=re.search(r'^__version__ = "([^"]+)"', (_HERE / "tfrobprune" / "__init__.py").read_text(),
                       re.MULTILINE).group(1),
     description="Compact and robust Keras models: adversarial pre-training, pruning and fine-tuning.",
-    packages=["tfrobprune"],
+    packages=setuptools.find_packages(include=["tfrobprune", "tfrobprune.*"]),
     python_requires=">=3.11",
     install_requires=_INSTALL_REQUIRES,
     extras_require=_EXTRAS_REQUIRE,

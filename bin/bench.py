@@ -15,8 +15,8 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tfrobprune import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tfrobprune import report  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tfrobprune.train import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _OUTPUT = flags.DEFINE_string("output", "bench.json", "Where to write the figures (JSON).")
 _MODEL = flags.DEFINE_string("model", "cnn_small", "Main model.")

@@ -5,9 +5,9 @@ import json
 from absl.testing import absltest
 
 from tfrobprune import config
-from tfrobprune import objectives
-from tfrobprune import pruning
-from tfrobprune import scores
+from tfrobprune.prune import pruning
+from tfrobprune.prune import scores
+from tfrobprune.robust import objectives
 
 
 class RunConfigTest(absltest.TestCase):

@@ -4,8 +4,8 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from tfrobprune import models
 from tfrobprune.keras_compat import keras, tf
+from tfrobprune import models
 
 
 class StandardizeTest(tf.test.TestCase):

@@ -5,14 +5,14 @@ import os
 
 from absl.testing import absltest
 
-from tfrobprune import checkpointing
 from tfrobprune import config
-from tfrobprune import evaluation
-from tfrobprune import objectives
+from tfrobprune.evaluate import evaluation
 from tfrobprune import pipeline
-from tfrobprune import pruning
-from tfrobprune import scores
-from tfrobprune import training
+from tfrobprune.prune import pruning
+from tfrobprune.prune import scores
+from tfrobprune.robust import objectives
+from tfrobprune.train import checkpointing
+from tfrobprune.train import training
 
 
 _QUIET = pipeline.RunOptions(progress=False, log=lambda line: None)

@@ -20,19 +20,19 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from tfrobprune import checkpointing
 from tfrobprune import config as config_lib
-from tfrobprune import data
-from tfrobprune import distribute
-from tfrobprune import evaluation
+from tfrobprune.data import datasets
+from tfrobprune.deploy.serving import server
+from tfrobprune.deploy import tflite_bench
+from tfrobprune.evaluate import evaluation
 from tfrobprune import models
-from tfrobprune import objectives
 from tfrobprune import pipeline
-from tfrobprune import pruning
-from tfrobprune import scores as scores_lib
-from tfrobprune import serving
-from tfrobprune import tflite_bench
-from tfrobprune import training
+from tfrobprune.prune import pruning
+from tfrobprune.prune import scores as scores_lib
+from tfrobprune.robust import objectives
+from tfrobprune.train import checkpointing
+from tfrobprune.train import distribute
+from tfrobprune.train import training
 
 
 # Run.
@@ -52,7 +52,7 @@ _LOGICAL_CPUS = flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into N lo
                                      "TensorFlow starts: replicas for --distribute=mirrored without GPUs.",
                                      lower_bound=0)
 # Data.
-_DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", data.DATASET_NAMES, "Dataset.")
+_DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", datasets.DATASET_NAMES, "Dataset.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder (default: the dataset's standard location).")
 _IMAGE_SIZE = flags.DEFINE_list("image_size", None, "HEIGHT,WIDTH for image_folder datasets.")
 _VALIDATION_FRACTION = flags.DEFINE_float("validation_fraction", 0.0, "Part of the training set held out.",
@@ -294,7 +294,7 @@ def _train():
   except training.TrainingInterrupted as error:
     print(f"tfrobprune: {error}", file=sys.stderr)
     return 130 if stop.signal_name == "SIGINT" else 143
-  except (ValueError, data.DataError, OSError, training.NonFiniteLossError,
+  except (ValueError, datasets.DataError, OSError, training.NonFiniteLossError,
           checkpointing.ConfigMismatchError) as error:
     return _fail(str(error))
   if report is None:
@@ -311,7 +311,7 @@ def _export():
     return _fail("--run_dir is required for `export` (the output directory of a finished run).")
   try:
     artifacts = pipeline.export_existing_run(_RUN_DIR.value)
-  except (ValueError, data.DataError, OSError) as error:
+  except (ValueError, datasets.DataError, OSError) as error:
     return _fail(str(error))
   for name, row in artifacts.items():
     print(f"{name}: {row.get('bytes', 0):,} bytes, benign {row.get('benign_acc')}, agreement {row.get('agreement')}")
@@ -322,7 +322,7 @@ def _serve():
   if not _EXPORT_DIR.value or not _MODEL_NAME.value:
     return _fail("`serve` needs --export_dir (RUN/export/saved_model) and --model_name.")
   try:
-    serving.serve_forever(_EXPORT_DIR.value, _MODEL_NAME.value, host=_HOST.value, grpc_port=_GRPC_PORT.value,
+    server.serve_forever(_EXPORT_DIR.value, _MODEL_NAME.value, host=_HOST.value, grpc_port=_GRPC_PORT.value,
                           rest_port=_REST_PORT.value, max_batch=_MAX_BATCH.value)
   except (ValueError, RuntimeError, OSError) as error:
     return _fail(str(error))

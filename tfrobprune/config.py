@@ -7,14 +7,14 @@ The CLI turns flags into a `RunConfig`; the library only ever sees a `RunConfig`
 import dataclasses
 import json
 
-from tfrobprune import data
-from tfrobprune import distribute as distribute_lib
-from tfrobprune import evaluation as evaluation_lib
+from tfrobprune.data import datasets
+from tfrobprune.evaluate import evaluation as evaluation_lib
 from tfrobprune import models
-from tfrobprune import objectives
-from tfrobprune import pruning as pruning_lib
-from tfrobprune import scores as scores_lib
-from tfrobprune import training
+from tfrobprune.prune import pruning as pruning_lib
+from tfrobprune.prune import scores as scores_lib
+from tfrobprune.robust import objectives
+from tfrobprune.train import distribute as distribute_lib
+from tfrobprune.train import training
 
 
 PRUNE_CRITERIA = ("magnitude", "scores")
@@ -25,7 +25,7 @@ class DataConfig:
   """Which dataset and how it is fed.
 
   Attributes:
-    dataset: one of `data.DATASET_NAMES`.
+    dataset: one of `datasets.DATASET_NAMES`.
     data_dir: folder with the dataset files (None: the dataset's default location).
     image_size: (height, width) for image folders.
     validation_fraction: part of the training set held out for validation (0: none).
@@ -44,8 +44,8 @@ class DataConfig:
   max_train_examples: int = 0
 
   def __post_init__(self):
-    if self.dataset not in data.DATASET_NAMES:
-      raise ValueError(f"dataset must be one of {', '.join(data.DATASET_NAMES)}, got {self.dataset!r}.")
+    if self.dataset not in datasets.DATASET_NAMES:
+      raise ValueError(f"dataset must be one of {', '.join(datasets.DATASET_NAMES)}, got {self.dataset!r}.")
     if not 0 <= self.validation_fraction < 1:
       raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}.")
     if self.dataset == "image_folder" and not self.image_size:

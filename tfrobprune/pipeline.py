@@ -21,19 +21,19 @@ import zlib
 
 import numpy as np
 
-from tfrobprune import checkpointing
 from tfrobprune import config as config_lib
-from tfrobprune import data
-from tfrobprune import distribute
-from tfrobprune import evaluation
-from tfrobprune import export
-from tfrobprune import models
-from tfrobprune import objectives
-from tfrobprune import pruning
-from tfrobprune import report as report_lib
-from tfrobprune import scores
-from tfrobprune import training
+from tfrobprune.data import datasets
+from tfrobprune.deploy import export
+from tfrobprune.evaluate import evaluation
 from tfrobprune.keras_compat import keras, tf
+from tfrobprune import models
+from tfrobprune.prune import pruning
+from tfrobprune.prune import scores
+from tfrobprune import report as report_lib
+from tfrobprune.robust import objectives
+from tfrobprune.train import checkpointing
+from tfrobprune.train import distribute
+from tfrobprune.train import training
 
 
 # Training images the full-integer TFLite converter calibrates activations on.
@@ -69,7 +69,7 @@ class _RunContext:
   config: object
   options: RunOptions
   output_dir: str
-  dataset: data.ArrayDataset
+  dataset: datasets.ArrayDataset
   validation: tuple
   progress: checkpointing.RunProgress
   summary_writer: object
@@ -103,13 +103,13 @@ def set_seed(seed, deterministic):
 
 def _load_data(config):
   cfg = config.data
-  dataset = data.load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size,
+  dataset = datasets.load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size,
                               synthetic_examples=cfg.synthetic_examples, synthetic_shape=cfg.synthetic_shape,
                               seed=config.seed)
   if cfg.max_train_examples:
     dataset = dataclasses.replace(dataset, x_train=dataset.x_train[:cfg.max_train_examples],
                                   y_train=dataset.y_train[:cfg.max_train_examples])
-  return data.split_validation(dataset, cfg.validation_fraction, config.seed)
+  return datasets.split_validation(dataset, cfg.validation_fraction, config.seed)
 
 
 def _epoch_seed(seed, phase, epoch):
@@ -119,7 +119,7 @@ def _epoch_seed(seed, phase, epoch):
 
 def _dataset_fn(ctx, batch_size, phase):
   def dataset_for_epoch(epoch):
-    return data.make_tf_dataset(ctx.dataset.x_train, ctx.dataset.y_train, batch_size, shuffle=True,
+    return datasets.make_tf_dataset(ctx.dataset.x_train, ctx.dataset.y_train, batch_size, shuffle=True,
                                 seed=_epoch_seed(ctx.config.seed, phase, epoch), augment=ctx.config.data.augment,
                                 drop_remainder=True)
   return dataset_for_epoch
@@ -135,7 +135,7 @@ def _validation_fn(model, validation, batch_size):
   def epoch_end(epoch, metrics):
     del epoch, metrics
     correct = sum(int(tf.reduce_sum(tf.cast(predict(x) == y, tf.int32)))
-                  for x, y in data.make_tf_dataset(x_val, y_val, batch_size))
+                  for x, y in datasets.make_tf_dataset(x_val, y_val, batch_size))
     return {"val_acc": correct / len(x_val)}
 
   return epoch_end

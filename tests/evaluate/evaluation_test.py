@@ -1,0 +1,72 @@
+"""Tests for tfrobprune.evaluate.evaluation: accuracies on a trained model are ordered and reproducible."""
+
+from absl.testing import absltest
+import numpy as np
+
+from tfrobprune.evaluate import evaluation
+from tfrobprune.keras_compat import tf
+from tfrobprune import models
+from tfrobprune.robust import objectives
+from tfrobprune.train import training
+
+
+def _data(n, seed):
+  """Two classes told apart by mean brightness of 6x6 images."""
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 2, n).astype(np.int64)
+  x = np.clip(rng.normal(0.35 + 0.3 * y[:, None, None, None], 0.1, (n, 6, 6, 1)), 0, 1).astype(np.float32)
+  return x, y
+
+
+class EvaluateModelTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.model = models.build_model("mlp", (6, 6, 1), 2, seed=0)
+    config = objectives.ObjectiveConfig(name="ibp", eps=0.03, robust_weight=0.5, eps_ramp_steps=64)
+    trainer = training.Trainer(cls.model, objectives.make_objective(config, 2),
+                               training.make_optimizer(training.TrainConfig(epochs=8, learning_rate=3e-3), 16))
+    x, y = _data(512, 0)
+    training.train(trainer, lambda epoch: tf.data.Dataset.from_tensor_slices((x, y)).batch(32), 8, progress=False)
+    cls.x, cls.y = _data(200, 1)
+
+  def _config(self, **kwargs):
+    return evaluation.EvalConfig(**dict(dict(eps=0.03, pgd_steps=10, pgd_restarts=2, batch_size=64), **kwargs))
+
+  def testBenignAccuracyMatchesPredictions(self):
+    results = evaluation.evaluate_model(self.model, self.x, self.y, self._config(fgsm=False), 2)
+    expected = np.mean(np.argmax(self.model(self.x, training=False), axis=1) == self.y)
+    self.assertAlmostEqual(results["benign_acc"], expected)
+    self.assertEqual(results["examples"], 200)
+    self.assertNotIn("fgsm_acc", results)
+
+  def testVerifiedAtMostPgdAtMostFgsmAndBenign(self):
+    results = evaluation.evaluate_model(self.model, self.x, self.y, self._config(verified=True), 2)
+    self.assertGreater(results["benign_acc"], 0.9)
+    self.assertLessEqual(results["verified_acc"], results["pgd_acc"])
+    self.assertLessEqual(results["verified_acc_crown"], results["pgd_acc"])
+    self.assertLessEqual(results["verified_acc"], results["verified_acc_crown"] + 1e-9)
+    self.assertLessEqual(results["pgd_acc"], results["fgsm_acc"] + 0.02)
+    self.assertLessEqual(results["fgsm_acc"], results["benign_acc"])
+    self.assertGreater(results["verified_acc"], 0.0)
+
+  def testSameSeedSameFiguresAndAdversarialExamplesStayInTheBall(self):
+    config = self._config(max_examples=100)
+    first, x_adv = evaluation.evaluate_model(self.model, self.x, self.y, config, 2, return_adversarial=True, seed=3)
+    second = evaluation.evaluate_model(self.model, self.x, self.y, config, 2, seed=3)
+    self.assertEqual(first, second)
+    self.assertEqual(x_adv.shape, (100, 6, 6, 1))
+    self.assertLessEqual(np.max(np.abs(x_adv - self.x[:100])), 0.03 + 1e-6)
+    robust = np.argmax(self.model(x_adv, training=False), axis=1) == self.y[:100]
+    self.assertGreaterEqual(robust.mean(), first["pgd_acc"])  # examples no start fooled keep their input
+
+  def testConfigRejectsBadValues(self):
+    for kwargs, match in ((dict(eps=-1.0), "eval eps"), (dict(pgd_restarts=0), "pgd_steps and pgd_restarts"),
+                          (dict(norm="l2", verified=True), "L-inf"), (dict(batch_size=0), "batch_size")):
+      with self.assertRaisesRegex(ValueError, match):
+        evaluation.EvalConfig(**kwargs)
+
+
+if __name__ == "__main__":
+  absltest.main()

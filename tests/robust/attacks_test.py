@@ -1,0 +1,113 @@
+"""Tests for tfrobprune.robust.attacks: the properties every attack must have (cleverhans' checklist)."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+
+from tfrobprune.keras_compat import keras, tf
+from tfrobprune import models
+from tfrobprune.robust import attacks
+
+
+def _trained_model():
+  """A small MLP fit on two linearly separable classes of 4x4 images (margin small enough to attack)."""
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 2, 512)
+  x = np.clip(0.5 + (y[:, None] - 0.5) * 0.2 + rng.normal(0, 0.05, (512, 16)), 0, 1).astype(np.float32)
+  model = models.build_model("mlp", (4, 4, 1), 2, seed=0)
+  model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  model.fit(x.reshape(-1, 4, 4, 1), y, epochs=5, verbose=0)
+  return model, x.reshape(-1, 4, 4, 1)[:128], y[:128].astype(np.int64)
+
+
+class AttackTest(tf.test.TestCase, parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.model, cls.x, cls.y = _trained_model()
+    cls.model_fn = staticmethod(attacks.inference_fn(cls.model))
+
+  def _accuracy(self, x):
+    return float(np.mean(np.argmax(self.model(x, training=False), axis=1) == self.y))
+
+  def testModelIsAccurateOnCleanData(self):
+    self.assertGreater(self._accuracy(self.x), 0.95)
+
+  @parameterized.parameters("linf", "l2")
+  def testZeroEpsilonReturnsTheInput(self, norm):
+    x_adv = attacks.pgd(self.model_fn, self.x, self.y, 0.0, 0.0, 5, norm=norm)
+    self.assertAllClose(x_adv, self.x)
+    self.assertAllClose(attacks.fgsm(self.model_fn, self.x, self.y, 0.0, norm=norm), self.x)
+
+  def testLinfPgdStaysInTheBallAndPixelRange(self):
+    x_adv = attacks.pgd(self.model_fn, self.x, self.y, 0.3, 0.05, 10).numpy()
+    self.assertLessEqual(np.max(np.abs(x_adv - self.x)), 0.3 + 1e-6)
+    self.assertGreaterEqual(x_adv.min(), 0.0)
+    self.assertLessEqual(x_adv.max(), 1.0)
+
+  def testLinfPgdFollowsCleverhansIterates(self):
+    # Without a random start both are deterministic: the same iterates as cleverhans' own PGD.
+    from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent  # pylint: disable=g-import-not-at-top
+    ours = attacks.pgd(self.model_fn, self.x, self.y, 0.15, 0.04, 7, rand_init=False)
+    theirs = projected_gradient_descent(self.model_fn, self.x, 0.15, 0.04, 7, np.inf, clip_min=0.0, clip_max=1.0,
+                                        y=self.y, rand_init=False, sanity_checks=False)
+    self.assertAllClose(ours, theirs, atol=1e-6, rtol=0)
+    self.assertGreater(float(np.mean(np.abs(ours - self.x) > 0.1)), 0.1)  # the attack moved far from x
+
+  def testL2PgdStaysInTheBall(self):
+    x_adv = attacks.pgd(self.model_fn, self.x, self.y, 0.5, 0.1, 10, norm="l2").numpy()
+    norms = np.sqrt(np.sum((x_adv - self.x) ** 2, axis=(1, 2, 3)))
+    self.assertLessEqual(norms.max(), 0.5 + 1e-5)
+
+  def testPgdLowersAccuracyMoreThanFgsmAndNoise(self):
+    pgd_acc = self._accuracy(attacks.pgd(self.model_fn, self.x, self.y, 0.15, 0.03, 20))
+    fgsm_acc = self._accuracy(attacks.fgsm(self.model_fn, self.x, self.y, 0.15))
+    noise = np.clip(self.x + np.random.default_rng(1).choice([-0.15, 0.15], self.x.shape), 0, 1).astype(np.float32)
+    self.assertLess(pgd_acc, 0.5)
+    self.assertLessEqual(pgd_acc, fgsm_acc)
+    self.assertLess(pgd_acc, self._accuracy(noise))
+
+  def testRestartsAreAtLeastAsStrongAsOneStartAndMarkRobustExamples(self):
+    x_adv, robust = attacks.pgd_with_restarts(self.model_fn, self.x, self.y, 0.1, 0.02, 10, restarts=3)
+    robust = robust.numpy()
+    predicted = np.argmax(self.model(x_adv, training=False), axis=1)
+    self.assertTrue(np.all(predicted[~robust] != self.y[~robust]))
+    self.assertLessEqual(robust.mean(), self._accuracy(attacks.pgd(self.model_fn, self.x, self.y, 0.1, 0.02, 10)) + 0.03)
+
+  def testTensorEpsilonInsideTfFunctionTracesOnce(self):
+    fn = tf.function(lambda x, y, eps: attacks.pgd(self.model_fn, x, y, eps, eps / 4, 3))
+    a = fn(self.x, self.y, tf.constant(0.1))
+    b = fn(self.x, self.y, tf.constant(0.02))
+    self.assertEqual(fn.experimental_get_tracing_count(), 1)
+    self.assertLessEqual(float(tf.reduce_max(tf.abs(a - self.x))), 0.1 + 1e-6)
+    self.assertLessEqual(float(tf.reduce_max(tf.abs(b - self.x))), 0.02 + 1e-6)
+
+  def testAttackUsesInferenceModeSoBatchNormStatisticsStayPut(self):
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(2)])
+    before = [v.numpy().copy() for v in model.non_trainable_variables]
+    attacks.pgd(attacks.inference_fn(model), self.x, self.y, 0.1, 0.05, 3)
+    for old, new in zip(before, model.non_trainable_variables):
+      self.assertAllEqual(old, new)
+
+  def testRequiresTrueLabels(self):
+    with self.assertRaisesRegex(ValueError, "true labels"):
+      attacks.pgd(self.model_fn, self.x, None, 0.1, 0.01, 2)
+
+  @parameterized.parameters(
+      dict(eps=-0.1, eps_iter=0.01, nb_iter=1, match="eps must be >= 0"),
+      dict(eps=0.1, eps_iter=0.2, nb_iter=1, match="must not exceed eps"),
+      dict(eps=0.1, eps_iter=0.01, nb_iter=0, match="nb_iter"),
+  )
+  def testRejectsBadBudgets(self, eps, eps_iter, nb_iter, match):
+    with self.assertRaisesRegex(ValueError, match):
+      attacks.pgd(self.model_fn, self.x, self.y, eps, eps_iter, nb_iter)
+
+  def testRejectsUnknownNorm(self):
+    with self.assertRaisesRegex(ValueError, "norm must be one of"):
+      attacks.pgd(self.model_fn, self.x, self.y, 0.1, 0.01, 1, norm="l1")
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,1 @@
+"""A development server speaking TF Serving's gRPC and REST protocols for an export directory."""

@@ -1,0 +1,1 @@
+"""Pruning: which weights to remove (magnitude or learned scores, per layer or global) and when (tfmot schedules)."""
