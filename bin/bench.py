@@ -38,7 +38,7 @@ def main(argv):
                                  steps=_STEPS.value, repeats=_REPEATS.value, min_seconds=_MIN_SECONDS.value,
                                  extra_models=tuple(_EXTRA_MODELS.value),
                                  batch_sizes=tuple(int(b) for b in _BATCH_SIZES.value))
-  figures = benchmark.run_benchmark(config)
+  figures = benchmark.run_benchmark(config, log=print)
   if _RSS_FLAGFILE.value:
     with tempfile.TemporaryDirectory() as output_dir:
       figures["peak_rss"] = benchmark.peak_rss_of_run(_RSS_FLAGFILE.value, output_dir, ("--noexport",))

@@ -16,23 +16,27 @@ import os
 import signal
 import sys
 
-from absl import app
-from absl import flags
-import numpy as np
+from tfrobprune import console
 
-from tfrobprune import config as config_lib
-from tfrobprune.data import datasets
-from tfrobprune.deploy.serving import server
-from tfrobprune.deploy import tflite_bench
-from tfrobprune.evaluate import evaluation
-from tfrobprune import models
-from tfrobprune import pipeline
-from tfrobprune.prune import pruning
-from tfrobprune.prune import scores as scores_lib
-from tfrobprune.robust import objectives
-from tfrobprune.train import checkpointing
-from tfrobprune.train import distribute
-from tfrobprune.train import training
+# Before anything else imports TensorFlow: its C++ log level is read once, at import.
+console.quiet_tensorflow(sys.argv)
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tfrobprune import config as config_lib  # noqa: E402
+from tfrobprune.data import datasets  # noqa: E402
+from tfrobprune.deploy import tflite_bench  # noqa: E402
+from tfrobprune.evaluate import evaluation  # noqa: E402
+from tfrobprune import models  # noqa: E402
+from tfrobprune import pipeline  # noqa: E402
+from tfrobprune.prune import pruning  # noqa: E402
+from tfrobprune.prune import scores as scores_lib  # noqa: E402
+from tfrobprune.robust import objectives  # noqa: E402
+from tfrobprune.train import checkpointing  # noqa: E402
+from tfrobprune.train import distribute  # noqa: E402
+from tfrobprune.train import training  # noqa: E402
 
 
 # Run.
@@ -286,7 +290,8 @@ def _train():
     return _fail(str(error))
   stop = _StopRequest()
   stop.install()
-  options = pipeline.RunOptions(progress=_PROGRESS.value, checkpoint_every_steps=_CHECKPOINT_EVERY.value,
+  options = pipeline.RunOptions(progress=console.EpochProgressBars() if _PROGRESS.value else None, log=print,
+                                checkpoint_every_steps=_CHECKPOINT_EVERY.value,
                                 keep_checkpoints=_KEEP_CHECKPOINTS.value, overwrite=_OVERWRITE.value,
                                 should_stop=stop, strategy=strategy)
   try:
@@ -321,6 +326,11 @@ def _export():
 def _serve():
   if not _EXPORT_DIR.value or not _MODEL_NAME.value:
     return _fail("`serve` needs --export_dir (RUN/export/saved_model) and --model_name.")
+  try:  # the serving extra (grpcio, tensorflow-serving-api) is needed by this command only
+    from tfrobprune.deploy.serving import server  # pylint: disable=g-import-not-at-top
+  except ImportError as error:
+    return _fail(f"`serve` needs the serving extra ({error.name} is not installed): "
+                 "pip install 'tfrobprune[serve]'.")
   try:
     server.serve_forever(_EXPORT_DIR.value, _MODEL_NAME.value, host=_HOST.value, grpc_port=_GRPC_PORT.value,
                           rest_port=_REST_PORT.value, max_batch=_MAX_BATCH.value)

@@ -19,6 +19,7 @@ import json
 import os
 import zlib
 
+from absl import logging
 import numpy as np
 
 from tfrobprune import config as config_lib
@@ -45,21 +46,22 @@ class RunOptions:
   """How a run behaves, as opposed to what it computes (none of these change the results).
 
   Attributes:
-    progress: show per-epoch progress bars.
+    progress: None, or a progress-bar factory for the training loop (see `training.train`; the CLI passes
+      `console.EpochProgressBars()`).
     checkpoint_every_steps: save a checkpoint every N optimizer steps (0: at epoch ends only).
     keep_checkpoints: checkpoints kept per phase.
     overwrite: discard an earlier run in the output directory instead of resuming it.
     should_stop: polled after every step; True checkpoints the phase and stops (SIGINT/SIGTERM handling).
-    log: a function taking one line of progress text.
+    log: a function taking one line of progress text (absl's `logging.info` by default; the CLI prints).
     strategy: the `tf.distribute.Strategy` to train under, of the kind `config.distribute` names (the CLI makes it
       with `distribute.make_strategy` before TensorFlow starts); None makes that strategy in `run`.
   """
-  progress: bool = True
+  progress: object = None
   checkpoint_every_steps: int = 200
   keep_checkpoints: int = 3
   overwrite: bool = False
   should_stop: object = None
-  log: object = print
+  log: object = logging.info
   strategy: object = None
 
 

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 
+from absl import logging
 import numpy as np
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
@@ -194,7 +195,7 @@ def peak_rss_of_run(flagfile, output_dir, extra_flags=()):
   return {"peak_rss_mib": round(max(peak, before) / 1024.0, 1), "seconds": round(seconds, 1), "flagfile": flagfile}
 
 
-def run_benchmark(config=BenchConfig(), log=print):
+def run_benchmark(config=BenchConfig(), log=logging.info):
   """Measures every figure of the performance issue; returns them as a flat dict (see `format_table`)."""
   figures = {"model": config.model, "batch_size": config.batch_size, "pgd_steps": config.pgd_steps,
              "threads": tf.config.threading.get_intra_op_parallelism_threads() or "default",

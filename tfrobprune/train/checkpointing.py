@@ -75,7 +75,6 @@ class PhaseCheckpointer:
         self.checkpoint.restore(path).assert_existing_objects_matched()
       except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError, OSError) as error:
         logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, error)
-        print(f"Checkpoint {path} is unreadable ({type(error).__name__}); falling back to the previous one.")
         continue
       return int(self.epoch.numpy()), int(self.step_in_epoch.numpy()), json.loads(self.loop_state.numpy())
     return None

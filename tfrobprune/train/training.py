@@ -14,6 +14,7 @@ averaged, and the optimizer applies the same update on every replica.
 import dataclasses
 import math
 
+from absl import logging
 import numpy as np
 
 from tfrobprune.keras_compat import keras, tf
@@ -228,7 +229,7 @@ class TrainingInterrupted(RuntimeError):
   """A stop was requested (SIGINT/SIGTERM); the phase was checkpointed after the current step."""
 
 
-def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=None, progress=True, epoch_end_fn=None,
+def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=None, progress=None, epoch_end_fn=None,
           phase="train", checkpointer=None, should_stop=None):
   """Runs a phase of `epochs` epochs, resuming from `checkpointer`'s latest checkpoint if it has one.
 
@@ -240,7 +241,8 @@ def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=No
     epochs: the phase's number of epochs.
     pruning_driver: a `pruning.PruningStepDriver` if the model is wrapped for pruning.
     summary_writer: a `tf.summary` writer for per-epoch scalars (prefixed by `phase`), or None.
-    progress: show a Keras progress bar per epoch.
+    progress: None, or a factory `progress(phase, epoch, epochs, steps)` returning a bar with
+      `update(step, values)` (the CLI's `console.EpochProgressBars`); the library itself never prints.
     epoch_end_fn: called as `epoch_end_fn(epoch, metrics)` after each epoch; may return extra metrics.
     phase: name used in logs and summaries ('pretrain', 'finetune_s0.9', ...).
     checkpointer: a `checkpointing.PhaseCheckpointer`; saves every N steps and at each epoch end (every worker
@@ -262,7 +264,7 @@ def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=No
   start_epoch, start_step, state = restored or (0, 0, {})
   history, sums, count = state.get("history", []), state.get("sums", {}), state.get("count", 0)
   if restored:
-    print(f"[{phase}] resuming from its checkpoint at epoch {start_epoch + 1}, step {start_step}", flush=True)
+    logging.info("[%s] resuming from its checkpoint at epoch %d, step %d", phase, start_epoch + 1, start_step)
   if pruning_driver is not None:
     with in_scope():
       pruning_driver.on_train_begin()
@@ -270,10 +272,7 @@ def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=No
     skip = start_step if epoch == start_epoch else 0
     dataset = dataset_fn(epoch)
     steps_per_epoch = int(dataset.cardinality())
-    bar = keras.utils.Progbar(steps_per_epoch if steps_per_epoch > 0 else None, verbose=1 if progress else 0,
-                              unit_name="step")
-    if progress:
-      print(f"[{phase}] epoch {epoch + 1}/{epochs}", flush=True)
+    bar = progress(phase, epoch, epochs, steps_per_epoch) if progress else _NO_BAR
     for step_in_epoch, (x, y) in enumerate(trainer.distribute_dataset(dataset.skip(skip)), start=skip):
       if pruning_driver is not None:
         with in_scope():
@@ -304,6 +303,16 @@ def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=No
     if checkpointer is not None:
       checkpointer.save(epoch + 1, 0, {"history": history, "sums": sums, "count": count})
   return history
+
+
+class _NoProgressBar:
+  """Stands in for a progress bar when none is shown."""
+
+  def update(self, current, values=None):
+    del current, values
+
+
+_NO_BAR = _NoProgressBar()
 
 
 def _due(checkpointer, trainer):

@@ -1,0 +1,87 @@
+"""Tests for tfrobprune.console: verbosity parsing, TensorFlow kept quiet at import, per-epoch progress bars."""
+
+import io
+import logging
+import os
+import re
+import subprocess
+import sys
+
+from absl import logging as absl_logging
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from tfrobprune import console
+
+# A line of TensorFlow's C++ logger: severity letter, MMDD date, e.g. "E0000 00:00:17... cuda_platform.cc:52] ...".
+_CPP_LOG_LINE = re.compile(r"^[IWEF]\d{4} ", re.MULTILINE)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _import_tensorflow_with_argv(*argv):
+  """Runs a child that calls quiet_tensorflow(argv) and imports TensorFlow and tf_keras; returns its stderr."""
+  script = ("import sys; from tfrobprune import console; console.quiet_tensorflow(sys.argv[1:]); "
+            "from tfrobprune.keras_compat import tf; tf.constant(1.0) + 1.0")
+  env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+  env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env,
+                          timeout=300, check=True)
+  return result.stderr
+
+
+class RequestedVerbosityTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      (["tfrobprune", "train"], None),
+      (["tfrobprune", "train", "--verbosity=1"], 1),
+      (["tfrobprune", "-v", "2", "train"], 2),
+      (["tfrobprune", "--v=0"], 0),
+      (["tfrobprune", "--verbosity", "-1"], -1),
+      (["tfrobprune", "--verbosity=loud"], None),
+      (["tfrobprune", "--verbosity_extra=3"], None),
+  )
+  def testParsesAbslVerbosityFlags(self, argv, expected):
+    self.assertEqual(console.requested_verbosity(argv), expected)
+
+
+class QuietTensorflowTest(absltest.TestCase):
+
+  def testDefaultHidesTensorflowCppLines(self):
+    stderr = _import_tensorflow_with_argv("train")
+    self.assertIsNone(_CPP_LOG_LINE.search(stderr), stderr)
+    self.assertNotIn("cuInit", stderr)
+
+  def testVerbosityOneLeavesTensorflowAlone(self):
+    self.assertFalse(console.quiet_tensorflow(["tfrobprune", "--verbosity=1"]))
+    # On a machine without a GPU (this one, CI's) TensorFlow reports at import that it found no CUDA driver.
+    stderr = _import_tensorflow_with_argv("--verbosity=1")
+    self.assertRegex(stderr, _CPP_LOG_LINE)
+
+
+class LibraryRecordsFilterTest(absltest.TestCase):
+
+  def _record(self, pathname, level):
+    return logging.LogRecord("absl", level, pathname, 1, "message", None, None)
+
+  def testQuietConsoleDropsTensorflowInfoButKeepsOursAndErrors(self):
+    console.quiet_tensorflow(["tfrobprune", "train"])
+    handler = absl_logging.get_absl_handler()
+    saver = "/venv/lib/python3.11/site-packages/tensorflow/python/checkpoint/functional_saver.py"
+    self.assertFalse(all(f.filter(self._record(saver, logging.INFO)) for f in handler.filters))
+    self.assertTrue(all(f.filter(self._record(saver, logging.ERROR)) for f in handler.filters))
+    ours = os.path.join(_ROOT, "tfrobprune", "train", "training.py")
+    self.assertTrue(all(f.filter(self._record(ours, logging.INFO)) for f in handler.filters))
+
+
+class EpochProgressBarsTest(absltest.TestCase):
+
+  def testPrintsTheEpochLineAndReturnsABar(self):
+    stream = io.StringIO()
+    bar = console.EpochProgressBars(stream)("pretrain", 2, 7, 12)
+    self.assertEqual(stream.getvalue(), "[pretrain] epoch 3/7\n")
+    self.assertEqual(bar.target, 12)
+    bar.update(12, values=[("loss", 0.5)])  # the training loop's call
+
+
+if __name__ == "__main__":
+  absltest.main()

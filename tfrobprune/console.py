@@ -1,0 +1,115 @@
+"""What the command line shows on the console: per-epoch progress bars, and TensorFlow kept quiet.
+
+The library logs through absl logging and never prints; the CLI owns the console. On a machine without a GPU,
+TensorFlow's C++ runtime prints CUDA probing errors and INFO lines at import, and its Python side adds INFO and
+WARNING lines (checkpoint saver, converters) into the progress bars. `quiet_tensorflow` keeps them out unless the
+user asked for verbose output with absl's `--verbosity` / `-v`; it must run before TensorFlow is imported, because
+the C++ log level is read once, at import.
+"""
+
+import contextlib
+import importlib
+import logging
+import os
+import re
+import sys
+import tempfile
+import warnings
+
+from absl import logging as absl_logging
+
+# TF_CPP_MIN_LOG_LEVEL: 0 shows everything, 3 hides INFO, WARNING and ERROR lines of the C++ runtime (the CUDA
+# probe on GPU-less machines is an ERROR line). Errors that matter reach Python as exceptions either way.
+_QUIET_CPP_LOG_LEVEL = "3"
+_VERBOSITY_ARG = re.compile(r"^(?:--verbosity|--v|-v)(?:=(?P<value>-?\d+))?$")
+# What TensorFlow's shared libraries write to stderr while they load, before the C++ log level applies: lines of
+# absl's C++ logger ("I0000 00:00:17... port.cc:153] oneDNN custom operations are on ...") and its preamble.
+_CPP_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
+# Packages whose absl INFO/WARNING records are kept off the console (absl logs every package through one logger).
+_LIBRARY_PATH = re.compile(r"[/\\](tensorflow|tf_keras|keras|tensorflow_model_optimization|ai_edge_litert)[/\\]")
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
+
+def requested_verbosity(argv):
+  """The absl verbosity given on the command line (`--verbosity=N`, `-v N`, `--v N`), or None if none was."""
+  verbosity = None
+  for index, arg in enumerate(argv):
+    match = _VERBOSITY_ARG.match(arg)
+    if not match:
+      continue
+    value = match.group("value")
+    if value is None and index + 1 < len(argv):
+      value = argv[index + 1]
+    try:
+      verbosity = int(value)
+    except (TypeError, ValueError):
+      continue  # absl reports the malformed value itself when it parses the flags
+  return verbosity
+
+
+def quiet_tensorflow(argv):
+  """Imports TensorFlow without its console noise, unless argv asks for absl verbosity >= 1.
+
+  Sets the C++ log level (an explicit TF_CPP_MIN_LOG_LEVEL in the environment is respected), drops the log lines
+  the shared libraries print while loading (they ignore that level), and keeps TensorFlow's Python logger and the
+  TFLite converter's warnings at ERROR. Call before anything else imports TensorFlow.
+
+  Returns:
+    True if TensorFlow was quietened, False if verbosity was asked for (TensorFlow is then imported untouched).
+  """
+  verbosity = requested_verbosity(argv)
+  if verbosity is not None and verbosity >= 1:
+    importlib.import_module("tfrobprune.keras_compat")
+    return False
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", _QUIET_CPP_LOG_LEVEL)
+  with _cpp_log_lines_dropped():
+    importlib.import_module("tfrobprune.keras_compat")
+  logging.getLogger("tensorflow").setLevel(logging.ERROR)
+  absl_logging.get_absl_handler().addFilter(_BelowErrorFromLibraries())
+  # The TFLite converter warns from inside TensorFlow (its calibration builds a deprecated tf.lite.Interpreter,
+  # quantized inputs without statistics): nothing a user of this CLI can act on.
+  warnings.filterwarnings("ignore", category=UserWarning, module=r"tensorflow\.lite\.")
+  return True
+
+
+class _BelowErrorFromLibraries(logging.Filter):
+  """Drops INFO and WARNING records that TensorFlow's own code logs through absl (checkpoint saver, converter)."""
+
+  def filter(self, record):
+    return record.levelno >= logging.ERROR or not _LIBRARY_PATH.search(record.pathname or "")
+
+
+@contextlib.contextmanager
+def _cpp_log_lines_dropped():
+  """Captures file descriptor 2 during the block, then writes back every line that is not a C++ log line."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+        if not _CPP_LOG_LINE.match(line) and not line.startswith(_ABSL_PREAMBLE):
+          sys.stderr.write(line)
+      sys.stderr.flush()
+
+
+class EpochProgressBars:
+  """Shows `[phase] epoch e/E` and a Keras progress bar per epoch; the training loop calls it as a factory.
+
+  `bars(phase, epoch, epochs, steps)` prints the epoch line and returns an object with
+  `update(current_step, values=[(name, value), ...])`.
+  """
+
+  def __init__(self, stream=None):
+    self._stream = stream or sys.stdout
+
+  def __call__(self, phase, epoch, epochs, steps):
+    from tfrobprune.keras_compat import keras  # pylint: disable=g-import-not-at-top (quiet_tensorflow imports it)
+    print(f"[{phase}] epoch {epoch + 1}/{epochs}", file=self._stream, flush=True)
+    return keras.utils.Progbar(steps if steps and steps > 0 else None, verbose=1, unit_name="step")
