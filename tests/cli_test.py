@@ -5,6 +5,7 @@ The command runs in child processes, as a user runs it.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,6 +164,16 @@ class CommandLineTest(absltest.TestCase):
         resumed = _run(*_TINY, f"--output_dir={output_dir}")
         self.assertEqual(resumed.returncode, 0, resumed.stderr)
         self.assertEqual(_report(output_dir), self._reference_report())
+
+  def testConsoleShowsProgressBarsAndNoTensorflowLogLines(self):
+    output_dir = self.create_tempdir().full_path
+    with_progress = [flag for flag in _TINY if flag != "--noprogress"]
+    result = _run(*with_progress, f"--output_dir={output_dir}", "--pretrain_epochs=1", "--finetune_epochs=1")
+    self.assertEqual(result.returncode, 0, result.stderr)
+    self.assertIn("[pretrain] epoch 1/1", result.stdout)
+    self.assertIn("[finetune_s0.9] epoch 1/1", result.stdout)
+    self.assertNotRegex(result.stderr, re.compile(r"^[IWEF]\d{4} ", re.MULTILINE))  # TensorFlow's C++ and absl lines
+    self.assertNotIn("cuInit", result.stderr)
 
   def testOtherFlagsRefuseToResumeAndNameTheFlag(self):
     output_dir = self.create_tempdir().full_path

@@ -1,5 +1,8 @@
 """Tests for tfrobprune.train.training: the compiled loop learns, traces once, and stops cleanly on a non-finite loss."""
 
+import io
+from unittest import mock
+
 from absl.testing import absltest
 import numpy as np
 
@@ -41,6 +44,26 @@ class TrainTest(tf.test.TestCase):
     history = training.train(trainer, lambda epoch: _dataset(), 3, progress=False)
     self.assertEqual(trainer.train_step.experimental_get_tracing_count(), 1)
     self.assertAllClose(history[-1]["eps"], 0.05 * np.mean(np.minimum(np.arange(16, 24) / 12, 1.0)), atol=1e-6)
+
+  def testProgressFactoryGetsEachEpochAndEveryStepAndTheLibraryPrintsNothing(self):
+    calls, updates = [], []
+
+    class _Bar:
+
+      def update(self, current, values=None):
+        updates.append((current, dict(values)))
+
+    def progress(phase, epoch, epochs, steps):
+      calls.append((phase, epoch, epochs, steps))
+      return _Bar()
+
+    with mock.patch("sys.stdout", new_callable=io.StringIO) as stdout:
+      training.train(_trainer(epochs=2), lambda epoch: _dataset(), 2, progress=progress, phase="pretrain")
+      training.train(_trainer(epochs=1), lambda epoch: _dataset(), 1)  # default: no progress bars
+    self.assertEqual(calls, [("pretrain", 0, 2, 8), ("pretrain", 1, 2, 8)])
+    self.assertEqual([current for current, _ in updates], list(range(1, 9)) * 2)
+    self.assertIn("loss", updates[0][1])
+    self.assertEqual(stdout.getvalue(), "")
 
   def testScheduleStepCountsOptimizerSteps(self):
     trainer = _trainer(epochs=2)

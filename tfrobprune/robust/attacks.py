@@ -28,7 +28,7 @@ def inference_fn(model):
 
   Where it pays off (oneDNN kernels, `input_gradients.pays_off`), its image-facing convolutions differentiate
   with respect to the image by `input_gradients`' polyphase forward convolution: the same gradient up to rounding,
-  about 12% less time per PGD training step of cnn_small. Plain calls of `model` are unaffected.
+  in less time (docs/performance.md). Plain calls of `model` are unaffected.
   """
   layers = None if input_gradients.pays_off() else []
 

@@ -2,8 +2,8 @@
 
 Every PGD iteration differentiates the loss with respect to the image, so it runs the first convolution's
 input-gradient kernel (`Conv2DBackpropInput`), which training never needs. For a convolution with a 1-channel input
-that kernel is slow on oneDNN: 2.3 ms for cnn_small's conv1 at batch 128 against 0.64 ms for its forward pass,
-almost half an attack iteration. This module computes the same gradient with one forward convolution instead, by
+that kernel is slow on oneDNN (several times its forward pass; almost half an attack iteration of cnn_small). This
+module computes the same gradient with one forward convolution instead, by
 the polyphase (sub-pixel) decomposition of a strided transposed convolution (Shi et al. 2016):
 
 With stride s, 'same'/'valid' top padding p and kernel W[a, b, ci, co], the forward pass is
@@ -15,18 +15,14 @@ y[o] = sum_a x[s*o - p + a] W[a] (one spatial axis shown). Its input gradient, a
 a stride-1 correlation of dy with a small kernel per phase. All s*s phases (of both axes) stack into the output
 channels of a single stride-1 convolution over dy, with kernel K[j, co, (r, ci)] = W[s*(d_max - j) + r + p, ci, co]
 (zero where out of range), and a depth-to-space interleaves the phases back into the image grid. The result equals
-TensorFlow's gradient up to float rounding (`tests/input_gradients_test.py`).
+TensorFlow's gradient up to float rounding (`tests/robust/input_gradients_test.py`).
 
 Scope: attack passes only (`attacks.inference_fn`); training steps, which need no image gradient, keep
 TensorFlow's kernels. Only strided Conv2D layers whose input has at most `MAX_INPUT_CHANNELS` channels take this
-path. Forward plus input gradient at batch 128 under oneDNN (TensorFlow's / polyphase):
-- cnn_small's conv1, 28x28x1, 4x4 stride 2 -> 16: 3.1 / 2.1 ms (the case this is for);
-- cnn_small's conv2, 14x14x16, 4x4 stride 2 -> 32: 2.3 / 3.1 ms (wide inputs: TensorFlow's kernel is fine);
-- stride 1, 28x28x1 3x3 -> 32: 7.7 / 8.6 ms; 32x32x3 3x3 -> 64: 22.1 / 24.7 ms (no zero-dilated gradient to avoid).
+path: with wide inputs TensorFlow's kernel is fine, and at stride 1 there is no zero-dilated gradient to avoid.
 And only under oneDNN (`pays_off`): with TensorFlow's Eigen kernels (`TF_ENABLE_ONEDNN_OPTS=0`, or CPUs without
-AVX-512 VNNI) the input-gradient kernel is fast and the polyphase convolution is not. A/B of cnn_small's PGD-10
-training step, batch 128, in one process: oneDNN 50.1 ms with TensorFlow's gradient, 44.0 ms polyphase; Eigen
-60.7 ms against 82.6 ms.
+AVX-512 VNNI) the input-gradient kernel is fast and the polyphase convolution is not. The measurements behind each
+of these choices are in docs/performance.md.
 """
 
 import contextlib
@@ -124,8 +120,8 @@ def conv2d_input_gradient(dy, kernel, input_size, stride, padding):
 
 
 def _interleave_phases(phases, stride):
-  """`depth_to_space(phases, stride)` as reshape-transpose-reshape (a oneDNN transpose: ~0.1 ms less per call for
-  cnn_small's conv1 at batch 128 than TensorFlow's DepthToSpace kernel)."""
+  """`depth_to_space(phases, stride)` as reshape-transpose-reshape (oneDNN's transpose is faster than TensorFlow's
+  DepthToSpace kernel here; see docs/performance.md)."""
   _, rows, cols, channels = phases.shape
   c_in = channels // (stride * stride)
   blocks = tf.reshape(phases, [-1, rows, cols, stride, stride, c_in])

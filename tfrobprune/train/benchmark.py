@@ -9,7 +9,7 @@ takes its image gradient through the first convolution by `input_gradients`' pol
 Every timing is the median over `repeats` timed runs of `steps` steps each, after a warm-up that includes tracing,
 on fixed random inputs (a step's cost does not depend on the pixel values). The steps behind the ratios are timed
 interleaved: each round runs every one of them once, so that the drift of a shared VM (other tenants, clock
-changes; up to 30% between identical runs here) hits numerator and denominator alike, and each ratio is the median
+changes) hits numerator and denominator alike, and each ratio is the median
 of its per-round ratios.
 """
 
@@ -46,7 +46,7 @@ class BenchConfig:
     steps: steps per timed run.
     repeats: timed runs, i.e. interleaved rounds for the main figures (medians are reported).
     min_seconds: shortest timed run: a step that is faster runs more than `steps` times
-      (10 natural steps took ~60 ms, and windows that short made per-round ratios swing by +-30% here).
+      (windows of a few tens of milliseconds made per-round ratios swing widely on shared VMs).
     extra_models: further models measured for the model-size table.
     batch_sizes: batch sizes of the batch-size table (natural and PGD training on `model`).
     input_shape: image shape of the synthetic inputs.
