@@ -57,7 +57,7 @@ def _imported_modules(path):
       found.update(siblings[alias.name] for alias in node.names if alias.name in siblings)
     if isinstance(node, ast.ImportFrom) and node.module in siblings and not node.level:
       found.add(siblings[node.module])
-    if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == PACKAGE:
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in (PACKAGE, "tests"):
       for alias in node.names:
         target = _module_path(f"{node.module}.{alias.name}") or _module_path(node.module)
         if target:

@@ -1,0 +1,78 @@
+"""The signatures of a loaded SavedModel: their input/output specs, their SignatureDefs, and running one.
+
+See docs/serving.md for what the server serves.
+"""
+
+import dataclasses
+import os
+
+from google.protobuf import descriptor_pool
+from google.protobuf import message_factory
+from google.protobuf import text_format
+import grpc
+
+from tfrobprune.deploy.serving import errors
+from tfrobprune.deploy.serving import validation
+from tfrobprune.keras_compat import tf
+
+# tensorflow_serving's protos import TensorFlow's, so they must follow keras_compat (which imports TensorFlow first).
+from tensorflow_serving.apis import get_model_metadata_pb2  # noqa: I100
+
+SIGNATURE_KEY = "serving_default"
+SIGNATURE_DEF_FIELD = "signature_def"
+
+_Code = grpc.StatusCode
+_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+  """One signature of a loaded SavedModel: its function and the specs of its named inputs and outputs."""
+  function: object
+  inputs: dict
+  outputs: dict
+
+  @classmethod
+  def from_function(cls, function):
+    _, inputs = function.structured_input_signature
+    return cls(function, dict(inputs), dict(function.structured_outputs))
+
+
+def read_signature_defs(export_dir):
+  """The SignatureDefs of the 'serve' MetaGraph in `export_dir`, as GetModelMetadata returns them.
+
+  The SavedModel proto class comes from protobuf's default pool, where TensorFlow registered it when it loaded the
+  model, so no TensorFlow module is imported here.
+  """
+  descriptor = descriptor_pool.Default().FindMessageTypeByName("tensorflow.SavedModel")
+  saved_model = message_factory.GetMessageClass(descriptor)()
+  binary = os.path.join(export_dir, "saved_model.pb")
+  if os.path.exists(binary):
+    with open(binary, "rb") as f:
+      saved_model.ParseFromString(f.read())
+  else:
+    with open(os.path.join(export_dir, "saved_model.pbtxt")) as f:
+      text_format.Parse(f.read(), saved_model)
+  graphs = [g for g in saved_model.meta_graphs if "serve" in g.meta_info_def.tags] or saved_model.meta_graphs
+  signature_defs = get_model_metadata_pb2.SignatureDefMap()
+  for key, signature_def in graphs[0].signature_def.items():
+    signature_defs.signature_def[key].CopyFrom(signature_def)
+  return signature_defs
+
+
+def _tf_error_code(error):
+  return _CODE_BY_NUMBER.get(getattr(error, "error_code", None), _Code.INTERNAL)
+
+
+def run_signature(signature, arrays, output_names):
+  """Calls a signature on checked numpy inputs; returns {output name: numpy array}.
+
+  Raises:
+    ServingError: with the code of a TensorFlow error the model itself raises (e.g. an in-graph assertion).
+  """
+  validation.check_batch_sizes(arrays)
+  try:
+    outputs = signature.function(**{name: tf.convert_to_tensor(array) for name, array in arrays.items()})
+  except tf.errors.OpError as error:
+    raise errors.ServingError(_tf_error_code(error), error.message) from error
+  return {name: outputs[name].numpy() for name in output_names}
