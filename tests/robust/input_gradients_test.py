@@ -9,7 +9,7 @@ import numpy as np
 
 from tfrobprune.keras_compat import keras, tf
 from tfrobprune import models
-from tfrobprune.prune import pruning
+from tfrobprune.prune import wrapping
 from tfrobprune.robust import attacks
 from tfrobprune.robust import input_gradients
 
@@ -83,7 +83,7 @@ class ModelIntegrationTest(tf.test.TestCase):
 
   def testOnlyTheImageFacingConvolutionIsEligible(self):
     self.assertEqual([layer.name for layer in input_gradients.eligible_layers(self.model)], ["conv1"])
-    wrapped = pruning.fixed_mask_prune(self.model, {"conv1": np.ones((4, 4, 1, 16), np.float32)})
+    wrapped = wrapping.fixed_mask_prune(self.model, {"conv1": np.ones((4, 4, 1, 16), np.float32)})
     self.assertEqual([layer.name for layer in input_gradients.eligible_layers(wrapped)], ["conv1"])
 
   def testWhereItPaysOff_AttackGradientHasOneBackpropInputFewerAndTheSameValue(self):

@@ -5,7 +5,8 @@ from absl.testing import parameterized
 import numpy as np
 
 from tfrobprune.keras_compat import keras, tf
-from tfrobprune.robust import bounds
+from tfrobprune.robust import bound_registry
+from tfrobprune.robust import margins
 from tfrobprune.robust import objectives
 
 EPS = 0.1
@@ -35,7 +36,7 @@ class CallCounter(keras.layers.Layer):
     return inputs
 
 
-bounds.register_layer(CallCounter, lambda layer: [])  # an identity for interval bounds
+bound_registry.register_layer(CallCounter, lambda layer: [])  # an identity for interval bounds
 
 
 class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
@@ -110,7 +111,7 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
     with tf.GradientTape(persistent=True) as tape:
       loss, metrics = tf.function(lambda x, y: objective(self.model, x, y, step))(self.x, self.y)
       natural = objectives._cross_entropy(self.y, self.model(self.x, training=False))
-      robust = tf.reduce_mean(bounds.robust_cross_entropy(bounds.margin_bounds(self.model, self.x, self.y, EPS, 2)))
+      robust = tf.reduce_mean(margins.robust_cross_entropy(margins.margin_bounds(self.model, self.x, self.y, EPS, 2)))
       expected = kappa * natural + (1 - kappa) * robust
     self.assertAllClose(metrics["kappa"], kappa)
     self.assertAllClose(metrics["natural_loss"], self.natural_loss, atol=1e-5)

@@ -10,7 +10,7 @@ import numpy as np
 
 from tfrobprune.keras_compat import tf
 from tfrobprune.robust import attacks
-from tfrobprune.robust import bounds
+from tfrobprune.robust import verification
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +94,7 @@ def evaluate_model(model, x, y, config, num_classes, return_adversarial=False, s
   """Accuracy of `model` on (x, y) under the attacks and bounds that `config` asks for.
 
   Args:
-    model: a Keras model (wrapped models must have their masks applied, see `pruning.apply_masks`).
+    model: a Keras model (wrapped models must have their masks applied, see `wrapping.apply_masks`).
     x: float32 images in [0, 1].
     y: int64 labels.
     config: an `EvalConfig`.
@@ -135,8 +135,8 @@ def evaluate_model(model, x, y, config, num_classes, return_adversarial=False, s
 def verified_accuracies(model, x, y, config, num_classes):
   """IBP and CROWN verified accuracy (fraction of examples provably classified correctly in the eps ball)."""
   return {
-      "verified_acc": bounds.verified_accuracy(model, x, y, config.eps, num_classes, method="ibp",
-                                               batch_size=config.batch_size),
-      "verified_acc_crown": bounds.verified_accuracy(model, x, y, config.eps, num_classes, method="crown_ibp",
+      "verified_acc": verification.verified_accuracy(model, x, y, config.eps, num_classes, method="ibp",
                                                      batch_size=config.batch_size),
+      "verified_acc_crown": verification.verified_accuracy(model, x, y, config.eps, num_classes, method="crown_ibp",
+                                                           batch_size=config.batch_size),
   }

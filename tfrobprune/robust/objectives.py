@@ -14,7 +14,8 @@ import dataclasses
 
 from tfrobprune.keras_compat import tf
 from tfrobprune.robust import attacks
-from tfrobprune.robust import bounds
+from tfrobprune.robust import crown_ibp
+from tfrobprune.robust import margins as margins_lib
 from tfrobprune.robust import schedules
 
 OBJECTIVE_NAMES = ("natural", "pgd", "trades", "ibp", "crown_ibp")
@@ -205,14 +206,14 @@ class IBPObjective(Objective):
 
   def margins(self, model, x, y, eps, step):
     if self.config.name == "crown_ibp":
-      return bounds.crown_ibp_training_margins(model, x, y, eps, self.num_classes, self.beta(step))
-    return bounds.margin_bounds(model, x, y, eps, self.num_classes)
+      return crown_ibp.crown_ibp_training_margins(model, x, y, eps, self.num_classes, self.beta(step))
+    return margins_lib.margin_bounds(model, x, y, eps, self.num_classes)
 
   def __call__(self, model, x, y, step):
     eps = self.epsilon(step)
     kappa = self.kappa(step)
     margins = self.margins(model, x, y, eps, step)
-    robust_loss = tf.reduce_mean(bounds.robust_cross_entropy(margins))
+    robust_loss = tf.reduce_mean(margins_lib.robust_cross_entropy(margins))
 
     def mixed():
       logits = model(x, training=True)
