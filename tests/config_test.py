@@ -5,7 +5,7 @@ import json
 from absl.testing import absltest
 
 from tfrobprune import config
-from tfrobprune.prune import pruning
+from tfrobprune.prune import pruning_config
 from tfrobprune.prune import scores
 from tfrobprune.robust import objectives
 
@@ -16,8 +16,7 @@ class RunConfigTest(absltest.TestCase):
     original = config.RunConfig(
         data=config.DataConfig(dataset="synthetic", synthetic_examples=(64, 32), synthetic_shape=(8, 8, 1)),
         pretrain_objective=objectives.ObjectiveConfig(name="pgd", eps=0.1),
-        pruning=pruning.PruningConfig(target_sparsity=0.5, exclude_layers=("conv1",),
-                                      m_by_n=(2, 4)),
+        pruning=pruning_config.PruningConfig(target_sparsity=0.5, exclude_layers=("conv1",), m_by_n=(2, 4)),
         sparsities=(0.5, 0.9), scores=scores.ScoreConfig(epochs=3, scope="global"))
     restored = config.RunConfig.from_dict(json.loads(original.to_json()))
     self.assertEqual(restored, original)

@@ -8,7 +8,7 @@ from absl.testing import absltest
 from tfrobprune import config
 from tfrobprune.evaluate import evaluation
 from tfrobprune import pipeline
-from tfrobprune.prune import pruning
+from tfrobprune.prune import pruning_config
 from tfrobprune.prune import scores
 from tfrobprune.robust import objectives
 from tfrobprune.train import checkpointing
@@ -27,7 +27,7 @@ def _config(**overrides):
       pretrain_objective=pgd,
       finetune=training.TrainConfig(epochs=2, batch_size=64, learning_rate=1e-3),
       finetune_objective=pgd,
-      pruning=pruning.PruningConfig(target_sparsity=0.8, scope="global", frequency=2),
+      pruning=pruning_config.PruningConfig(target_sparsity=0.8, scope="global", frequency=2),
       sparsities=(0.8,),
       evaluation=evaluation.EvalConfig(eps=0.1, pgd_steps=5, pgd_restarts=1, batch_size=128),
       export=False)

@@ -31,7 +31,7 @@ from tfrobprune.deploy import tflite_bench  # noqa: E402
 from tfrobprune.evaluate import evaluation  # noqa: E402
 from tfrobprune import models  # noqa: E402
 from tfrobprune import pipeline  # noqa: E402
-from tfrobprune.prune import pruning  # noqa: E402
+from tfrobprune.prune import pruning_config  # noqa: E402
 from tfrobprune.prune import scores as scores_lib  # noqa: E402
 from tfrobprune.robust import objectives  # noqa: E402
 from tfrobprune.train import checkpointing  # noqa: E402
@@ -238,9 +238,9 @@ def config_from_flags():
       finetune=training.TrainConfig(epochs=_FINETUNE_EPOCHS.value, learning_rate=_FINETUNE_LEARNING_RATE.value,
                                     **train_common),
       finetune_objective=objective(finetune_name, with_ramp=False),
-      pruning=pruning.PruningConfig(target_sparsity=sparsities[-1], schedule=_PRUNE_SCHEDULE.value,
-                                    frequency=_PRUNE_FREQUENCY.value, scope=_PRUNE_SCOPE.value,
-                                    exclude_layers=tuple(_PRUNE_EXCLUDE.value), m_by_n=_m_by_n(_PRUNE_M_BY_N.value)),
+      pruning=pruning_config.PruningConfig(
+          target_sparsity=sparsities[-1], schedule=_PRUNE_SCHEDULE.value, frequency=_PRUNE_FREQUENCY.value,
+          scope=_PRUNE_SCOPE.value, exclude_layers=tuple(_PRUNE_EXCLUDE.value), m_by_n=_m_by_n(_PRUNE_M_BY_N.value)),
       sparsities=sparsities, prune_rounds=_PRUNE_ROUNDS.value, prune_end_fraction=_PRUNE_END_FRACTION.value,
       evaluation=evaluation.EvalConfig(
           eps=_EVAL_EPS.value if _EVAL_EPS.value is not None else _EPS.value, norm=_NORM.value,

@@ -10,7 +10,7 @@ import json
 from tfrobprune.data import datasets
 from tfrobprune.evaluate import evaluation as evaluation_lib
 from tfrobprune import models
-from tfrobprune.prune import pruning as pruning_lib
+from tfrobprune.prune import pruning_config
 from tfrobprune.prune import scores as scores_lib
 from tfrobprune.robust import objectives
 from tfrobprune.train import distribute as distribute_lib
@@ -89,7 +89,7 @@ class RunConfig:
   pretrain_objective: objectives.ObjectiveConfig = objectives.ObjectiveConfig()
   finetune: training.TrainConfig = training.TrainConfig()
   finetune_objective: objectives.ObjectiveConfig = objectives.ObjectiveConfig()
-  pruning: pruning_lib.PruningConfig = pruning_lib.PruningConfig(target_sparsity=0.9)
+  pruning: pruning_config.PruningConfig = pruning_config.PruningConfig(target_sparsity=0.9)
   sparsities: tuple[float, ...] = (0.9,)
   prune_rounds: int = 1
   prune_end_fraction: float = 0.5
@@ -136,7 +136,7 @@ class RunConfig:
         "finetune": lambda d: training.TrainConfig(**d),
         "pretrain_objective": lambda d: objectives.ObjectiveConfig(**d),
         "finetune_objective": lambda d: objectives.ObjectiveConfig(**d),
-        "pruning": lambda d: pruning_lib.PruningConfig(**_tuples(d)),
+        "pruning": lambda d: pruning_config.PruningConfig(**_tuples(d)),
         "evaluation": lambda d: evaluation_lib.EvalConfig(**d),
         "scores": scores_lib.ScoreConfig.from_dict,
     }

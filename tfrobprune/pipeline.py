@@ -28,8 +28,12 @@ from tfrobprune.deploy import export
 from tfrobprune.evaluate import evaluation
 from tfrobprune.keras_compat import keras, tf
 from tfrobprune import models
-from tfrobprune.prune import pruning
+from tfrobprune.prune import drivers
+from tfrobprune.prune import magnitude
+from tfrobprune.prune import pruning_schedules
 from tfrobprune.prune import scores
+from tfrobprune.prune import stats
+from tfrobprune.prune import wrapping
 from tfrobprune import report as report_lib
 from tfrobprune.robust import objectives
 from tfrobprune.train import checkpointing
@@ -248,7 +252,7 @@ def _check_pruning_config(ctx):
   steps = ctx.config.finetune.epochs * _steps_per_epoch(ctx, ctx.config.finetune)
   for sparsity in ctx.config.sparsities:
     prune_config = _round_pruning_config(ctx.config.pruning, sparsity, int(ctx.config.prune_end_fraction * steps))
-    pruning.prune_model(_new_dense_model(ctx), prune_config)
+    magnitude.prune_model(_new_dense_model(ctx), prune_config)
 
 
 def _learned_masks(ctx, model, target, phase):
@@ -287,15 +291,15 @@ def _pruned_for_finetuning(ctx, model, target, phase, ramp_steps):
   prune_config = _round_pruning_config(config.pruning, target, ramp_steps)
   if config.prune_criterion == "magnitude":
     with ctx.strategy.scope():
-      wrapped = pruning.prune_model(model, prune_config)
-    return wrapped, pruning.PruningStepDriver(wrapped, log_dir=log_dir)
+      wrapped = magnitude.prune_model(model, prune_config)
+    return wrapped, drivers.PruningStepDriver(wrapped, log_dir=log_dir)
   if config.scores.schedule == "oneshot":
-    wrapped = pruning.fixed_mask_prune(model, _learned_masks(ctx, model, target, phase))
-    return wrapped, pruning.PruningStepDriver(wrapped, log_dir=log_dir)
+    wrapped = wrapping.fixed_mask_prune(model, _learned_masks(ctx, model, target, phase))
+    return wrapped, drivers.PruningStepDriver(wrapped, log_dir=log_dir)
   dense_masks = {layer.name: np.ones(layer.kernel.shape, np.float32) for layer in models.prunable_layers(model)
                  if layer.name not in config.pruning.exclude_layers}
-  wrapped = pruning.fixed_mask_prune(model, dense_masks)
-  return wrapped, pruning.ScheduledMaskDriver(wrapped, pruning.sparsity_schedule(prune_config),
+  wrapped = wrapping.fixed_mask_prune(model, dense_masks)
+  return wrapped, drivers.ScheduledMaskDriver(wrapped, pruning_schedules.sparsity_schedule(prune_config),
                                               _gradual_score_masks(ctx, phase), log_dir=log_dir)
 
 
@@ -304,7 +308,7 @@ def _prune_and_finetune(ctx, dense_model, sparsity):
   config = ctx.config
   steps = config.finetune.epochs * _steps_per_epoch(ctx, config.finetune)
   current, history = dense_model, []
-  for round_index, target in enumerate(pruning.iterative_targets(sparsity, config.prune_rounds)):
+  for round_index, target in enumerate(pruning_schedules.iterative_targets(sparsity, config.prune_rounds)):
     phase = f"finetune_s{sparsity:g}" + (f"_r{round_index + 1}" if config.prune_rounds > 1 else "")
     finished = ctx.progress.get(phase)
     if finished is not None:
@@ -329,9 +333,9 @@ def _evaluate(ctx, model, name):
     return finished, None
   results, x_adv = evaluation.evaluate_model(model, ctx.dataset.x_test, ctx.dataset.y_test, ctx.config.evaluation,
                                              ctx.dataset.num_classes, return_adversarial=True, seed=ctx.config.seed)
-  counts = pruning.parameter_counts(model)
+  counts = stats.parameter_counts(model)
   results.update(params=counts["params"], nonzero_params=counts["nonzero_params"], sparsity=counts["sparsity"],
-                 compression=counts["compression"], layer_sparsity=pruning.layer_sparsity(model))
+                 compression=counts["compression"], layer_sparsity=stats.layer_sparsity(model))
   ctx.log(f"[evaluate {name}] " + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith("_acc")))
   ctx.progress.complete(f"evaluate_{name}", results)
   return results, x_adv

@@ -1,4 +1,4 @@
-"""Tests for tfrobprune.prune.scores: straight-through top-k, exact mask budgets, frozen score model, beats magnitude."""
+"""Tests for tfrobprune.prune.scores: straight-through top-k, exact budgets, frozen score model, beats magnitude."""
 
 import dataclasses
 import os
@@ -11,9 +11,13 @@ import numpy as np  # noqa: E402
 
 from tfrobprune.keras_compat import keras, tf  # noqa: E402
 from tfrobprune.models import Standardize, build_model, prunable_layers  # noqa: E402
-from tfrobprune.prune import pruning  # noqa: E402
+from tfrobprune.prune import global_allocation  # noqa: E402
+from tfrobprune.prune import magnitude  # noqa: E402
+from tfrobprune.prune import pruning_config  # noqa: E402
 from tfrobprune.prune import scores  # noqa: E402
-from tfrobprune.robust import bounds  # noqa: E402
+from tfrobprune.prune import stats  # noqa: E402
+from tfrobprune.prune import wrapping  # noqa: E402
+from tfrobprune.robust import margins  # noqa: E402
 from tfrobprune.robust import objectives  # noqa: E402
 from tfrobprune.train import training  # noqa: E402
 
@@ -192,8 +196,8 @@ class ScoreModelTest(tf.test.TestCase):
     score_model = scores.ScoreModel(model, list(keep), keep)
     x, y = _images(4)
     masked = _masked_copy(model, score_model.masks())
-    self.assertAllClose(bounds.margin_bounds(score_model.model, x, y, 0.05, 3),
-                        bounds.margin_bounds(masked, x, y, 0.05, 3), atol=1e-5)
+    self.assertAllClose(margins.margin_bounds(score_model.model, x, y, 0.05, 3),
+                        margins.margin_bounds(masked, x, y, 0.05, 3), atol=1e-5)
 
   def testLearnMasksLeavesTheModelUnchanged(self):
     model = _batch_norm_model()
@@ -225,14 +229,14 @@ class LearnMasksTest(tf.test.TestCase, parameterized.TestCase):
                                scores.ScoreConfig(epochs=0, scope="global"), log=_quiet)
     total = sum(mask.size for mask in masks.values())
     self.assertEqual(sum(int(np.sum(mask == 0)) for mask in masks.values()), round(0.7 * total))
-    for name, target in pruning.global_magnitude_targets(model, 0.7).items():
+    for name, target in global_allocation.global_magnitude_targets(model, 0.7).items():
       self.assertAllClose(_sparsities(masks)[name], target, atol=1e-12)
 
   def testMagnitudeBudgets_KeepGlobalMagnitudeCountsPerLayerAndLayerwiseTopK(self):
     model = _cnn_small()
     masks = scores.learn_masks(model, _objective("natural"), _image_dataset_fn(), 0.8,
                                scores.ScoreConfig(epochs=0, scope="global", budgets="magnitude"), log=_quiet)
-    targets = pruning.global_magnitude_targets(model, 0.8)
+    targets = global_allocation.global_magnitude_targets(model, 0.8)
     for name, mask in masks.items():
       kernel = np.abs(model.get_layer(name).kernel.numpy())
       self.assertEqual(int(np.sum(mask == 0)), min(round(targets[name] * kernel.size), kernel.size - 1), name)
@@ -281,14 +285,14 @@ class LearnMasksTest(tf.test.TestCase, parameterized.TestCase):
     objective = objectives.make_objective(objectives.ObjectiveConfig(
         name=objective_name, eps=0.0 if objective_name == "natural" else 0.02, pgd_steps=2), 2)
     learned = scores.learn_masks(model, objective, dataset_fn, 0.875, scores.ScoreConfig(epochs=3), log=_quiet)
-    magnitude = scores.learn_masks(model, objective, dataset_fn, 0.875, scores.ScoreConfig(epochs=0), log=_quiet)
+    magnitude_masks = scores.learn_masks(model, objective, dataset_fn, 0.875, scores.ScoreConfig(epochs=0), log=_quiet)
     self.assertEqual(int(learned["logits"].sum()), 2)
-    self.assertAllEqual(magnitude["logits"][0], [0, 0])
+    self.assertAllEqual(magnitude_masks["logits"][0], [0, 0])
     self.assertAllEqual(learned["logits"][0], [1, 1])
     self.assertGreater(_accuracy(model, x_test, y_test), 0.9)
     learned_accuracy = _accuracy(_masked_copy(model, learned), x_test, y_test)
     self.assertGreater(learned_accuracy, 0.95)
-    self.assertGreater(learned_accuracy, _accuracy(_masked_copy(model, magnitude), x_test, y_test) + 0.3)
+    self.assertGreater(learned_accuracy, _accuracy(_masked_copy(model, magnitude_masks), x_test, y_test) + 0.3)
 
   def testPgdMasksAreDeterministicAndAcceptedByFixedMaskPrune(self):
     model = _cnn_small()
@@ -297,11 +301,11 @@ class LearnMasksTest(tf.test.TestCase, parameterized.TestCase):
             for _ in range(2)]
     for name in runs[0]:
       self.assertAllEqual(runs[0][name], runs[1][name])
-    magnitude = scores.learn_masks(model, _objective("pgd"), _image_dataset_fn(), 0.5,
-                                   scores.ScoreConfig(epochs=0), log=_quiet)
-    self.assertFalse(all(np.array_equal(runs[0][name], magnitude[name]) for name in magnitude))
-    pruned = pruning.fixed_mask_prune(model, runs[0])
-    self.assertEqual(pruning.layer_sparsity(pruned), {"conv1": 0.5, "conv2": 0.5, "fc1": 0.5, "logits": 0.5})
+    magnitude_masks = scores.learn_masks(model, _objective("pgd"), _image_dataset_fn(), 0.5,
+                                         scores.ScoreConfig(epochs=0), log=_quiet)
+    self.assertFalse(all(np.array_equal(runs[0][name], magnitude_masks[name]) for name in magnitude_masks))
+    pruned = wrapping.fixed_mask_prune(model, runs[0])
+    self.assertEqual(stats.layer_sparsity(pruned), {"conv1": 0.5, "conv2": 0.5, "fc1": 0.5, "logits": 0.5})
     x, _ = _images(4)
     self.assertAllClose(pruned(x), _masked_copy(model, runs[0])(x), atol=1e-5)
 
@@ -329,7 +333,7 @@ class LearnMasksTest(tf.test.TestCase, parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "Model 'plain' has no Dense/Conv2D layer to prune."):
       scores.learn_masks(no_kernels, _objective("natural"), _image_dataset_fn(), 0.5, scores.ScoreConfig(),
                          log=_quiet)
-    wrapped = pruning.prune_model(_cnn_small(), pruning.PruningConfig(0.5, schedule="constant"))
+    wrapped = magnitude.prune_model(_cnn_small(), pruning_config.PruningConfig(0.5, schedule="constant"))
     with self.assertRaisesRegex(ValueError, "strip pruning wrappers first"):
       scores.learn_masks(wrapped, _objective("natural"), _image_dataset_fn(), 0.5, scores.ScoreConfig(), log=_quiet)
 

@@ -31,7 +31,10 @@ from tfrobprune import config as config_lib
 from tfrobprune.keras_compat import keras, tf
 from tfrobprune import models
 from tfrobprune import pipeline
-from tfrobprune.prune import pruning
+from tfrobprune.prune import drivers
+from tfrobprune.prune import magnitude
+from tfrobprune.prune import pruning_config
+from tfrobprune.prune import wrapping
 from tfrobprune.robust import objectives
 from tfrobprune.train import checkpointing
 from tfrobprune.train import training
@@ -205,13 +208,13 @@ class MirroredTrainingTest(tf.test.TestCase):
     x, y = _images(128, (12, 12, 1), 3)
     dense = models.build_model("cnn_small", (12, 12, 1), 3, seed=0)
     with strategy.scope():
-      wrapped = pruning.prune_model(dense, pruning.PruningConfig(target_sparsity=0.7, frequency=2, end_step=6))
+      wrapped = magnitude.prune_model(dense, pruning_config.PruningConfig(target_sparsity=0.7, frequency=2, end_step=6))
       objective = objectives.make_objective(objectives.ObjectiveConfig(name="pgd", eps=0.1, pgd_steps=2), 3)
       trainer = training.Trainer(wrapped, objective, keras.optimizers.Adam(1e-3))
-    driver = pruning.PruningStepDriver(wrapped)
+    driver = drivers.PruningStepDriver(wrapped)
     training.train(trainer, _batches(x, y, 32), 2, pruning_driver=driver, progress=False)
     self.assertEqual(trainer.train_step.experimental_get_tracing_count(), 1)
-    wrappers = pruning.pruning_wrapper.collect_prunable_layers(wrapped)
+    wrappers = wrapping.pruning_wrapper.collect_prunable_layers(wrapped)
     self.assertLen(wrappers, 4)
     for wrapper in wrappers:
       kernel, mask, threshold = wrapper.pruning_vars[0]
@@ -237,10 +240,10 @@ class MirroredTrainingTest(tf.test.TestCase):
     results = []
     for strategy in (distribute.make_strategy("default"), _mirrored()):
       with strategy.scope():
-        wrapped = pruning.prune_model(dense, pruning.PruningConfig(target_sparsity=0.7, frequency=2, end_step=6))
+        wrapped = magnitude.prune_model(dense, pruning_config.PruningConfig(target_sparsity=0.7, frequency=2, end_step=6))
         trainer = training.Trainer(wrapped, objectives.make_objective(objectives.ObjectiveConfig(), 3),
                                    keras.optimizers.Adam(1e-3))
-      history = training.train(trainer, _batches(x, y, 32), 2, pruning_driver=pruning.PruningStepDriver(wrapped),
+      history = training.train(trainer, _batches(x, y, 32), 2, pruning_driver=drivers.PruningStepDriver(wrapped),
                                progress=False)
       results.append((history, distribute.strip_pruning(wrapped, strategy).get_weights()))
     (single_history, single), (mirrored_history, mirrored) = results

@@ -9,9 +9,9 @@ through (edge-popup, Ramanujan et al. 2020):
     dL/dS = dL/dM * sign(S) = (dL/dW_eff * W) * sign(S),    W_eff = W * M(S).
 
 Pruned weights get a gradient too, so a score can climb back into the top k. `learn_masks` returns the final masks;
-`pruning.fixed_mask_prune` then fine-tunes the network under them (schedule 'oneshot', HYDRA's). With schedule
+`wrapping.fixed_mask_prune` then fine-tunes the network under them (schedule 'oneshot', HYDRA's). With schedule
 'gradual' the pipeline calls `learn_masks` at every mask update of the magnitude criterion's gradual schedule
-instead (`pruning.ScheduledMaskDriver`), on the weights as fine-tuning has left them, so that the kept weights adapt
+instead (`drivers.ScheduledMaskDriver`), on the weights as fine-tuning has left them, so that the kept weights adapt
 between updates as they do under gradual magnitude pruning; weights an earlier update removed are zero, so their
 scores start at zero, get no gradient, and stay pruned.
 
@@ -20,7 +20,7 @@ Choices, checked against the paper and its code (github.com/inspire-group/hydra)
   the first mask is layer-wise magnitude pruning and scores have the scale of Kaiming-uniform weights (that is what
   lets HYDRA train them with an ordinary weight learning rate). Scope 'global' is not in HYDRA; it needs scores
   that compare across layers, so `S = W`, and the first mask is global magnitude pruning
-  (`pruning.global_magnitude_targets`).
+  (`global_allocation.global_magnitude_targets`).
 - Selection. 'layer' keeps the `n_l - round(t_l * n_l)` largest `|S|` of each layer (`t_l` its target); 'global'
   keeps the `N - round(s * N)` largest `|S|` of all layers together, raw, not normalised per layer (the common
   initial scale is what makes them comparable). Every layer keeps at least one weight. Ties go to the lower flat
@@ -42,12 +42,14 @@ import dataclasses
 import math
 import numbers
 
+from absl import logging
 import numpy as np
 
 from tfrobprune.keras_compat import keras, require_keras2_model, tf
 from tfrobprune.models import prunable_layers
-from tfrobprune.prune import pruning
-from tfrobprune.robust import bounds
+from tfrobprune.prune import global_allocation
+from tfrobprune.prune import validation
+from tfrobprune.robust import bound_registry
 from tfrobprune.train import training
 
 SCOPES = ("layer", "global")
@@ -76,11 +78,10 @@ class ScoreConfig:
       (about 1e-3 for zoo models).
     budgets: scope 'global' only, how many weights each layer keeps. 'learned': all layers' scores are ranked
       together, so the scores also move weights between layers (they start at the raw weights). 'magnitude': each
-      layer keeps what one global magnitude threshold keeps (`pruning.global_magnitude_targets`, the allocation of
-      magnitude pruning with scope 'global') and the scores choose which weights within the layer, as in HYDRA
-      (per-layer top-k, scaled initialisation). At 99% on the Fashion-MNIST reference, after fine-tuning,
-      'learned' reached 65.11% PGD and 'magnitude' 64.90%; 'magnitude' isolates "which weights" from "how many
-      per layer".
+      layer keeps what one global magnitude threshold keeps (`global_allocation.global_magnitude_targets`, the
+      allocation of magnitude pruning with scope 'global') and the scores choose which weights within the layer, as
+      in HYDRA (per-layer top-k, scaled initialisation); 'magnitude' isolates "which weights" from "how many per
+      layer".
     schedule: 'oneshot' (HYDRA): scores are learned for `epochs` on the dense model, and fine-tuning trains the
       weights under that one mask. 'gradual': fine-tuning follows the magnitude criterion's pruning schedule, and at
       each of its mask updates the scores are learned afresh for `update_steps` steps from the weights as
@@ -99,29 +100,19 @@ class ScoreConfig:
   update_steps: int = 100
 
   def __post_init__(self):
-    if isinstance(self.exclude_layers, str):
-      raise ValueError(f"exclude_layers must be a sequence of layer names, got the string {self.exclude_layers!r}; "
-                       f"did you mean ({self.exclude_layers!r},)?")
-    try:
-      object.__setattr__(self, "exclude_layers", tuple(self.exclude_layers))
-    except TypeError:
-      raise ValueError(f"exclude_layers must be a sequence of layer names, got {self.exclude_layers!r}.") from None
-    pruning.check_int("epochs", self.epochs, 0)
-    pruning.check_int("batch_size", self.batch_size, 1)
+    exclude_layers = validation.layer_names_tuple("exclude_layers", self.exclude_layers, "a sequence of layer names")
+    object.__setattr__(self, "exclude_layers", exclude_layers)
+    validation.check_int("epochs", self.epochs, 0)
+    validation.check_int("batch_size", self.batch_size, 1)
     if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, numbers.Real) or not (
         self.learning_rate > 0 and math.isfinite(self.learning_rate)):
       raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate!r}.")
-    if self.scope not in SCOPES:
-      raise ValueError(f"scope must be one of {', '.join(SCOPES)}; got {self.scope!r}.")
-    if self.optimizer not in OPTIMIZERS:
-      raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}.")
-    if self.budgets not in BUDGETS:
-      raise ValueError(f"budgets must be one of {', '.join(BUDGETS)}; got {self.budgets!r}.")
-    if self.schedule not in SCHEDULES:
-      raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}.")
-    pruning.check_int("update_steps", self.update_steps, 1)
-    if not all(isinstance(name, str) for name in self.exclude_layers):
-      raise ValueError(f"exclude_layers must hold layer names (strings), got {self.exclude_layers!r}.")
+    validation.check_choice("scope", self.scope, SCOPES)
+    validation.check_choice("optimizer", self.optimizer, OPTIMIZERS)
+    validation.check_choice("budgets", self.budgets, BUDGETS)
+    validation.check_choice("schedule", self.schedule, SCHEDULES)
+    validation.check_int("update_steps", self.update_steps, 1)
+    validation.check_strings("exclude_layers", self.exclude_layers)
 
   def to_dict(self):
     """Returns the fields as a JSON-compatible dict (the tuple becomes a list)."""
@@ -232,11 +223,11 @@ class ScoredLayer(keras.layers.Wrapper):
 def _scored_bound_steps(layer):
   """Bound propagation through a `ScoredLayer`: its inner layer's steps with the kernel `kernel * mask`."""
   inner = layer.layer
-  return bounds.layer_steps(inner, kernel=layer.masked_kernel())
+  return bound_registry.layer_steps(inner, kernel=layer.masked_kernel())
 
 
-# The ibp / crown_ibp objectives propagate bounds through the table of `bounds` (exact classes only).
-bounds.register_layer(ScoredLayer, _scored_bound_steps)
+# The ibp / crown_ibp objectives propagate bounds through the table of `bound_registry` (exact classes only).
+bound_registry.register_layer(ScoredLayer, _scored_bound_steps)
 
 
 class ScoreModel:
@@ -315,7 +306,7 @@ class _RefreshingObjective:
 # The entry point.
 
 
-def learn_masks(model, objective, dataset_fn, sparsity, config, *, layer_targets=None, seed=0, log=print):
+def learn_masks(model, objective, dataset_fn, sparsity, config, *, layer_targets=None, seed=0, log=logging.info):
   """Chooses pruning masks by training importance scores with `objective` while the weights stay frozen (HYDRA).
 
   Args:
@@ -327,25 +318,27 @@ def learn_masks(model, objective, dataset_fn, sparsity, config, *, layer_targets
       otherwise), over all scored kernels together for scope 'global'.
     config: a `ScoreConfig`.
     layer_targets: scope 'layer' only: {layer name: sparsity in [0, 1)} for some or all scored layers; the others
-      get `sparsity`. E.g. `pruning.global_magnitude_targets(model, sparsity)` for magnitude-derived budgets.
+      get `sparsity`. E.g. `global_allocation.global_magnitude_targets(model, sparsity)` for magnitude-derived
+      budgets.
     seed: seeds TensorFlow's global generator before the score steps (random layers such as Dropout); the masks
       are otherwise a deterministic function of the model, the data order and the objective's own attack seed.
-    log: called with one line per epoch and a summary line.
+    log: called with one line per epoch and a summary line (absl's `logging.info` by default).
 
   Returns:
     {layer name: float32 0/1 mask shaped like its kernel} for every Dense/Conv2D layer not excluded, in layer order.
     Scope 'layer': layer l has exactly `round(t_l * n_l)` zeros (`n_l` entries, target `t_l`), but at least one
     one; scope 'global': `round(sparsity * N)` zeros over all N entries, each layer keeping at least one weight
-    (budgets 'magnitude': as scope 'layer' with the targets of `pruning.global_magnitude_targets`).
+    (budgets 'magnitude': as scope 'layer' with the targets of `global_allocation.global_magnitude_targets`).
 
   Raises:
     ValueError: for a sparsity or layer target outside [0, 1), unknown or non-prunable layer names, `layer_targets`
-      with scope 'global' (either budgets), a model that is unbuilt, wrapped, nested or has no Dense/Conv2D layer left to prune.
+      with scope 'global' (either budgets), a model that is unbuilt, wrapped, nested or has no Dense/Conv2D layer
+      left to prune.
     TypeError: for a model that is not a Keras 2 model.
   """
   if not isinstance(config, ScoreConfig):
     raise TypeError(f"config must be a ScoreConfig, got {type(config).__name__}.")
-  pruning.check_fraction("sparsity", sparsity)
+  validation.check_fraction("sparsity", sparsity)
   _check_model(model)
   names = _scored_layer_names(model, config.exclude_layers)
   sizes = {layer.name: int(np.prod(layer.kernel.shape)) for layer in prunable_layers(model) if layer.name in names}
@@ -356,7 +349,7 @@ def learn_masks(model, objective, dataset_fn, sparsity, config, *, layer_targets
                        "global magnitude; pass layer_targets with scope 'layer' instead.")
     # A global threshold may remove a whole layer; as with scope 'global', every layer keeps at least one weight.
     layer_targets = {name: min(target, 1.0 - 1.0 / sizes[name]) for name, target in
-                     pruning.global_magnitude_targets(model, sparsity, config.exclude_layers).items()}
+                     global_allocation.global_magnitude_targets(model, sparsity, config.exclude_layers).items()}
     scope = "layer"
   keep = _keep_counts(sizes, sparsity, scope, layer_targets)
   if (keep == sum(sizes.values())) if scope == "global" else all(keep[n] == sizes[n] for n in sizes):
@@ -415,7 +408,7 @@ def _keep_counts(sizes, sparsity, scope, layer_targets):
     raise ValueError(f"layer_targets names layers {unknown} that are not scored Dense/Conv2D layers; scored layers "
                      f"are {', '.join(sizes)}.")
   for name, target in targets.items():
-    pruning.check_fraction(f"layer_targets[{name!r}]", target)
+    validation.check_fraction(f"layer_targets[{name!r}]", target)
   return {name: max(1, size - int(round(targets.get(name, sparsity) * size))) for name, size in sizes.items()}
 
 

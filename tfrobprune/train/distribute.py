@@ -32,7 +32,7 @@ import shutil
 import tempfile
 
 from tfrobprune.keras_compat import keras, tf
-from tfrobprune.prune import pruning
+from tfrobprune.prune import wrapping
 from tfrobprune.robust import attacks
 
 # After keras_compat, which makes tfmot bind to Keras 2.
@@ -293,15 +293,15 @@ def single_device_copy(model, strategy):
 
 
 def strip_pruning(model, strategy):
-  """`pruning.strip` for a model trained under `strategy`: a sparse, unwrapped, single-device copy.
+  """`wrapping.strip` for a model trained under `strategy`: a sparse, unwrapped, single-device copy.
 
   The masks are applied in the strategy's scope (cross-replica context: one assignment per mirrored kernel; outside
   the scope tfmot would take its replica-context path, which fails on mirrored variables).
   """
   if is_default(strategy):
-    return pruning.strip(model)
+    return wrapping.strip(model)
   with strategy.scope():
-    pruning.apply_masks(model)
+    wrapping.apply_masks(model)
   return single_device_copy(tfmot.sparsity.keras.strip_pruning(model), strategy)
 
 

@@ -1,7 +1,7 @@
 """The compiled custom training loop shared by pre-training and fine-tuning.
 
 One `tf.function` holds the whole step (attack or bounds, forward, backward, optimizer), traced once per input
-shape. The loop drives tfmot by hand when the model is wrapped for pruning (`pruning.PruningStepDriver`): step
+shape. The loop drives tfmot by hand when the model is wrapped for pruning (`drivers.PruningStepDriver`): step
 begin before each optimizer step, masks re-applied at each epoch end, so a model evaluated or stripped after
 `train` returns is sparse.
 
@@ -18,7 +18,7 @@ from absl import logging
 import numpy as np
 
 from tfrobprune.keras_compat import keras, tf
-from tfrobprune.prune import pruning
+from tfrobprune.prune import wrapping
 from tfrobprune.train import distribute
 
 LR_SCHEDULES = ("constant", "cosine", "step")
@@ -208,7 +208,7 @@ class Trainer:
     strategy, variables = self.strategy, self.model.trainable_variables
     with strategy.scope():
       if self._wrapped:  # in cross-replica context: the attacks read the kernels through an unwrapped view
-        pruning.apply_masks(self.model)
+        wrapping.apply_masks(self.model)
       gradients, metrics = strategy.run(self._gradients, args=(x, y))
       gradients = strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.SUM, list(zip(gradients, variables)))
       finite_replicas = strategy.reduce(tf.distribute.ReduceOp.SUM, metrics.pop("finite"), axis=None)
@@ -239,7 +239,7 @@ def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=No
       that depends only on the epoch (so a resumed epoch can skip the batches already trained on). Under a
       strategy these are global batches, split over the replicas here.
     epochs: the phase's number of epochs.
-    pruning_driver: a `pruning.PruningStepDriver` if the model is wrapped for pruning.
+    pruning_driver: a `drivers.PruningStepDriver` if the model is wrapped for pruning.
     summary_writer: a `tf.summary` writer for per-epoch scalars (prefixed by `phase`), or None.
     progress: None, or a factory `progress(phase, epoch, epochs, steps)` returning a bar with
       `update(step, values)` (the CLI's `console.EpochProgressBars`); the library itself never prints.
