@@ -6,15 +6,15 @@ import shutil
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
 
-from tfrobprune.deploy import export  # noqa: E402
+from tfrobprune.deploy import tflite  # noqa: E402
 from tfrobprune.deploy import tflite_bench  # noqa: E402
 from tfrobprune.keras_compat import tf  # noqa: E402
 from tfrobprune import models  # noqa: E402
-from tfrobprune.prune import pruning  # noqa: E402
+from tfrobprune.prune import wrapping  # noqa: E402
 
 _SHAPE = (12, 12, 1)
 _ARTIFACTS = ("dense_float32", "float32", "int8_sparse")
@@ -35,14 +35,14 @@ class BenchTfliteTest(tf.test.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     dense = models.build_model("cnn_small", _SHAPE, 10, seed=0)
-    pruned = pruning.strip(pruning.fixed_mask_prune(dense, _magnitude_masks(dense, 0.9)))
+    pruned = wrapping.strip(wrapping.fixed_mask_prune(dense, _magnitude_masks(dense, 0.9)))
     cls.images = np.random.default_rng(0).random((8,) + _SHAPE, np.float32)
     cls.export_dir = tempfile.mkdtemp(prefix="tflite_bench_test-")
     tflite_dir = os.path.join(cls.export_dir, "tflite")
     os.makedirs(tflite_dir)
-    export.export_tflite(dense, os.path.join(tflite_dir, "dense_float32.tflite"), "float32")
-    export.export_tflite(pruned, os.path.join(tflite_dir, "float32.tflite"), "float32")
-    export.export_tflite(pruned, os.path.join(tflite_dir, "int8_sparse.tflite"), "int8_sparse", cls.images)
+    tflite.export_tflite(dense, os.path.join(tflite_dir, "dense_float32.tflite"), "float32")
+    tflite.export_tflite(pruned, os.path.join(tflite_dir, "float32.tflite"), "float32")
+    tflite.export_tflite(pruned, os.path.join(tflite_dir, "int8_sparse.tflite"), "int8_sparse", cls.images)
     cls.output_path = os.path.join(cls.export_dir, "bench.json")
     cls.results = tflite_bench.bench_tflite(cls.export_dir, cls.images, runs=5, threads=(1, 2),
                                             output_path=cls.output_path)

@@ -39,7 +39,7 @@ from tfrobprune.robust import objectives
 from tfrobprune.train import checkpointing
 from tfrobprune.train import training
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pipeline_test's tiny pre-train / prune / fine-tune / evaluate run (under a minute on 2 free cores). Both phases
 # use PGD, so the attack runs in the replica function on the dense and on the tfmot-wrapped model.
 _TINY = ["--dataset=synthetic", "--synthetic_examples=512,256", "--synthetic_shape=12,12,1", "--model=cnn_small",

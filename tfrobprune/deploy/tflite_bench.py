@@ -3,7 +3,7 @@
 `bench_tflite(export_dir, images)` times every .tflite file of an export (`export.export_all` writes them to
 export_dir/tflite/) one image per `invoke`, after a warm-up, at each thread count, and compares its size with the
 dense float32 baseline (dense_float32.tflite) when the export has one. Each artifact runs under the setting
-`export.TFLiteRunner` chooses: LiteRT's default XNNPACK delegate, or the builtin kernels when XNNPACK cannot
+`tflite_runner.TFLiteRunner` chooses: LiteRT's default XNNPACK delegate, or the builtin kernels when XNNPACK cannot
 prepare the model (sparse int8), and the table says which, since that choice dominates the latency.
 
 Only `interpreter.invoke()` is timed: setting the input tensor is outside the measurement.
@@ -16,6 +16,9 @@ import time
 import numpy as np
 
 from tfrobprune.deploy import export
+from tfrobprune.deploy import pqat
+from tfrobprune.deploy import tflite
+from tfrobprune.deploy import tflite_runner
 from tfrobprune import report as report_lib
 
 _WARMUP_INVOKES = 5
@@ -41,7 +44,7 @@ def find_tflite_files(export_dir):
   if not names:
     raise ValueError(f"No .tflite files in {export_dir!r} or its tflite/ directory; pass the export directory that "
                      "export_all wrote (output_dir/export).")
-  order = (export.DENSE_BASELINE,) + export.TFLITE_VARIANTS + (export.PQAT_VARIANT,)
+  order = (export.DENSE_BASELINE,) + tflite.TFLITE_VARIANTS + (pqat.PQAT_VARIANT,)
   names.sort(key=lambda name: (order.index(name) if name in order else len(order), name))
   return {name: os.path.join(directory, f"{name}.tflite") for name in names}
 
@@ -49,13 +52,13 @@ def find_tflite_files(export_dir):
 def input_shape(export_dir):
   """The (H, W, C) image shape of the first TFLite artifact in `export_dir` (for making benchmark inputs)."""
   path = next(iter(find_tflite_files(export_dir).values()))
-  runner = export.TFLiteRunner(path, num_threads=1, batch=1)
+  runner = tflite_runner.TFLiteRunner(path, num_threads=1, batch=1)
   return tuple(int(d) for d in runner.interpreter.get_input_details()[0]["shape"][1:])
 
 
 def median_latency_ms(path, images, runs, num_threads):
   """(median ms, 90th percentile ms, runtime setting) of `runs` single-image invokes after a warm-up."""
-  runner = export.TFLiteRunner(path, num_threads=num_threads, batch=1)
+  runner = tflite_runner.TFLiteRunner(path, num_threads=num_threads, batch=1)
   images = np.asarray(images, np.float32)
   for index in range(_WARMUP_INVOKES):
     runner.set_input(images[index % len(images)][None])

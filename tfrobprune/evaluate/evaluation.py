@@ -10,7 +10,7 @@ import numpy as np
 
 from tfrobprune.keras_compat import tf
 from tfrobprune.robust import attacks
-from tfrobprune.robust import verification
+from tfrobprune.evaluate import verification
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,12 +1,12 @@
-"""Tests for tfrobprune.robust.verification: verified accuracy between IBP's and clean accuracy, the IBP fallback
+"""Tests for tfrobprune.evaluate.verification: verified accuracy between IBP's and clean accuracy, the IBP fallback
 of CROWN-IBP, and argument checks."""
 
 from absl.testing import parameterized
 import numpy as np
 
-from bounds_test_utils import NUM_CLASSES, make_data, make_model
+from tests.robust.bounds_test_utils import NUM_CLASSES, make_data, make_model
+from tfrobprune.evaluate import verification
 from tfrobprune.keras_compat import tf
-from tfrobprune.robust import verification
 
 
 class VerifiedAccuracyTest(tf.test.TestCase, parameterized.TestCase):

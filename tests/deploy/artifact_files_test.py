@@ -1,0 +1,58 @@
+"""Tests for tfrobprune.deploy.artifact_files: atomic writes with the user's permissions, checksums and sizes."""
+
+import gzip
+import hashlib
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from tfrobprune.deploy import artifact_files  # noqa: E402
+from tfrobprune.keras_compat import tf  # noqa: E402
+
+
+class ArtifactFilesTest(tf.test.TestCase):
+
+  def _write(self, path, content):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+      handle.write(content)
+
+  def testSha256_IsTheFilesDigest(self):
+    path = os.path.join(self.create_tempdir().full_path, "a.bin")
+    self._write(path, b"x" * 3_000_000)  # more than one 1 MiB block
+    self.assertEqual(artifact_files.sha256(path), hashlib.sha256(b"x" * 3_000_000).hexdigest())
+
+  def testRelativeFiles_ListsNestedFilesSorted(self):
+    directory = self.create_tempdir().full_path
+    for name in ("variables/variables.index", "saved_model.pb", "assets/z"):
+      self._write(os.path.join(directory, name), b"1")
+    self.assertEqual(artifact_files.relative_files(directory),
+                     ["assets/z", "saved_model.pb", "variables/variables.index"])
+
+  def testDirectorySizes_AreTheRawTotalAndASmallerGzippedTar(self):
+    directory = self.create_tempdir().full_path
+    self._write(os.path.join(directory, "a"), b"0" * 50_000)
+    self._write(os.path.join(directory, "sub", "b"), b"1" * 20_000)
+    total, gzipped = artifact_files.directory_sizes(directory)
+    self.assertEqual(total, 70_000)
+    self.assertBetween(gzipped, 1, len(gzip.compress(b"0" * 50_000 + b"1" * 20_000)) + 1_000)
+
+  def testWriteArtifact_WritesBytesAndText_WithThePermissionsOfAPlainFile(self):
+    directory = self.create_tempdir().full_path
+    artifact_files.write_artifact(os.path.join(directory, "m.tflite"), b"\x00\x01")
+    artifact_files.write_artifact(os.path.join(directory, "manifest.json"), "{}")
+    with open(os.path.join(directory, "plain"), "w"):
+      pass
+    with open(os.path.join(directory, "m.tflite"), "rb") as handle:
+      self.assertEqual(handle.read(), b"\x00\x01")
+    with open(os.path.join(directory, "manifest.json")) as handle:
+      self.assertEqual(handle.read(), "{}")
+    plain_mode = os.stat(os.path.join(directory, "plain")).st_mode
+    for name in ("m.tflite", "manifest.json"):
+      self.assertEqual(os.stat(os.path.join(directory, name)).st_mode, plain_mode, name)  # not mkstemp's 0600
+    self.assertEqual(sorted(os.listdir(directory)), ["m.tflite", "manifest.json", "plain"])  # no temporary file
+
+
+if __name__ == "__main__":
+  tf.test.main()

@@ -1,0 +1,177 @@
+"""Tests for tfrobprune.deploy.tflite: each conversion variant, run in LiteRT and compared with the Keras model."""
+
+import gzip
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from absl.testing import parameterized  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tfrobprune.deploy import tflite  # noqa: E402
+from tfrobprune.deploy import tflite_runner  # noqa: E402
+from tfrobprune.keras_compat import keras, tf  # noqa: E402
+from tfrobprune import models  # noqa: E402
+from tfrobprune.prune import drivers  # noqa: E402
+from tfrobprune.prune import magnitude  # noqa: E402
+from tfrobprune.prune import pruning_config  # noqa: E402
+from tfrobprune.prune import wrapping  # noqa: E402
+
+_SHAPE = (12, 12, 1)
+_CLASSES = 10
+_MODEL_NAME = "cnn_small"
+
+
+def _synthetic(count, shape=_SHAPE, seed=0):
+  """Ten fixed random templates plus noise: learnable with a margin, pixels in [0, 1]."""
+  templates = np.random.default_rng(123).random((_CLASSES,) + shape, np.float32)
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, _CLASSES, count)
+  images = 0.7 * templates[labels] + 0.3 * rng.random((count,) + shape, np.float32)
+  return images.astype(np.float32), labels.astype(np.int64)
+
+
+def _fine_tune_pruned(dense_model, x, y, sparsity, steps):
+  """Prunes with tfmot for real: prune_model, a custom loop driven by PruningStepDriver, then strip."""
+  pruned = magnitude.prune_model(dense_model, pruning_config.PruningConfig(sparsity, schedule="constant"))
+  driver = drivers.PruningStepDriver(pruned)
+  optimizer = keras.optimizers.Adam(3e-3)
+  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+  @tf.function
+  def train_step(xb, yb):
+    with tf.GradientTape() as tape:
+      loss = loss_fn(yb, pruned(xb, training=True))
+    optimizer.apply_gradients(zip(tape.gradient(loss, pruned.trainable_variables), pruned.trainable_variables))
+
+  driver.on_train_begin()
+  for step in range(steps):
+    driver.on_step_begin(step)
+    start = (64 * step) % (len(x) - 64)
+    train_step(x[start:start + 64], y[start:start + 64])
+  driver.on_epoch_end(0)
+  driver.finalize()
+  return wrapping.strip(pruned)
+
+
+def _trained_dense_model(x, y):
+  model = models.build_model(_MODEL_NAME, _SHAPE, _CLASSES, mean=0.5, std=0.3, seed=0)
+  model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  model.fit(x, y, epochs=3, batch_size=64, verbose=0)
+  return model
+
+
+def _magnitude_masks(model, sparsity):
+  masks = {}
+  for layer in models.prunable_layers(model):
+    kernel = np.abs(layer.kernel.numpy())
+    masks[layer.name] = (kernel > np.quantile(kernel, sparsity)).astype(np.float32)
+  return masks
+
+
+class TFLiteTest(tf.test.TestCase, parameterized.TestCase):
+  """A trained, pruned (80%) cnn_small converted once to every variant of `tflite.TFLITE_VARIANTS`."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.x_train, cls.y_train = _synthetic(512, seed=0)
+    cls.x_test, _ = _synthetic(96, seed=1)
+    cls.model = _fine_tune_pruned(_trained_dense_model(cls.x_train, cls.y_train), cls.x_train, cls.y_train, 0.8,
+                                  steps=16)
+    cls.keras_logits = cls.model(cls.x_test, training=False).numpy()
+    cls.keras_predictions = np.argmax(cls.keras_logits, axis=1)
+    cls.tflite_dir = tempfile.mkdtemp(prefix="tflite_test-")
+    cls.infos = {variant: tflite.export_tflite(cls.model, cls._tflite_path(variant), variant, cls.x_train)
+                 for variant in tflite.TFLITE_VARIANTS}
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.tflite_dir, ignore_errors=True)
+    super().tearDownClass()
+
+  @classmethod
+  def _tflite_path(cls, variant):
+    return os.path.join(cls.tflite_dir, f"{variant}.tflite")
+
+  @parameterized.named_parameters(("Float32", "float32"), ("Float32Sparse", "float32_sparse"))
+  def testFloatVariant_MatchesKerasLogits(self, variant):
+    logits, runtime = tflite_runner.run_tflite(self._tflite_path(variant), self.x_test)
+    self.assertLess(np.max(np.abs(logits - self.keras_logits)), 1e-4)
+    self.assertAllEqual(np.argmax(logits, axis=1), self.keras_predictions)
+    self.assertEqual(runtime, "xnnpack")
+
+  @parameterized.named_parameters(("Dynamic", "int8_dynamic"), ("Full", "int8_full"), ("Sparse", "int8_sparse"),
+                                  ("FloatLogits", "int8_float_logits"))
+  def testInt8Variant_AgreesWithKeras(self, variant):
+    logits, _ = tflite_runner.run_tflite(self._tflite_path(variant), self.x_test, num_threads=2)
+    self.assertEqual(logits.dtype, np.float32)
+    self.assertGreaterEqual(np.mean(np.argmax(logits, axis=1) == self.keras_predictions), 0.9)
+
+  def testInt8FloatLogits_QuantizesEveryLayerButTheLast_AndRunsUnderXnnpack(self):
+    from ai_edge_litert import interpreter as litert  # pylint: disable=g-import-not-at-top
+    interpreter = litert.Interpreter(model_path=self._tflite_path("int8_float_logits"))
+    tensors = interpreter.get_tensor_details()
+    ops = [op for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
+    weight_types = [tensors[op["inputs"][1]]["dtype"] for op in ops]
+    self.assertEqual(weight_types, [np.int8] * (len(ops) - 1) + [np.float32])
+    self.assertEqual(tensors[ops[-1]["inputs"][0]]["dtype"], np.float32)  # dequantized before the last layer
+    logits, runtime = tflite_runner.run_tflite(self._tflite_path("int8_float_logits"), self.x_test)
+    self.assertEqual(runtime, "xnnpack")
+    full, _ = tflite_runner.run_tflite(self._tflite_path("int8_full"), self.x_test)
+    # A float last layer is closer to Keras than an 8-bit one.
+    self.assertLess(np.mean(np.abs(logits - self.keras_logits)), np.mean(np.abs(full - self.keras_logits)))
+
+  def testSparseVariants_StoreSparseTensorsAndAreSmaller(self):
+    sizes = {variant: os.path.getsize(self._tflite_path(variant)) for variant in tflite.TFLITE_VARIANTS}
+    for variant in tflite.TFLITE_VARIANTS:
+      encoded = self.infos[variant]["sparse_encoding"]
+      self.assertEqual(bool(encoded), variant.endswith("_sparse"), variant)
+    # 80% sparse and tiny (38k weights), so the flatbuffer's fixed part and the sparse indices weigh more than at
+    # 90% on 28x28 inputs (the ten-times test below).
+    self.assertLess(sizes["float32_sparse"], 0.5 * sizes["float32"])
+    self.assertLess(sizes["int8_sparse"], 0.8 * sizes["int8_full"])
+    self.assertLess(sizes["int8_sparse"], sizes["float32_sparse"])
+
+  def testInt8Sparse_NinetyPercentSparseCnnSmall28_IsTenTimesSmallerThanDenseFloat(self):
+    dense = models.build_model(_MODEL_NAME, (28, 28, 1), _CLASSES, seed=0)
+    pruned = wrapping.strip(wrapping.fixed_mask_prune(dense, _magnitude_masks(dense, 0.9)))
+    images = np.random.default_rng(0).random((32, 28, 28, 1), np.float32)
+    directory = self.create_tempdir().full_path
+    dense_info = tflite.export_tflite(dense, os.path.join(directory, "dense.tflite"), "float32")
+    sparse_info = tflite.export_tflite(pruned, os.path.join(directory, "sparse.tflite"), "int8_sparse", images)
+    self.assertGreaterEqual(dense_info["bytes"] / sparse_info["bytes"], 10.0)
+    self.assertEqual(tflite_runner.run_tflite(sparse_info["path"], images)[0].shape, (32, _CLASSES))
+
+  def testExportTflite_ReturnsTheContractFieldsOfTheWrittenFile(self):
+    path = os.path.join(self.create_tempdir().full_path, "m.tflite")
+    info = tflite.export_tflite(self.model, path, "int8_dynamic")
+    self.assertEqual(set(info), {"path", "bytes", "gzip_bytes", "sha256", "variant", "quantization",
+                                 "sparse_encoding"})
+    with open(path, "rb") as handle:
+      content = handle.read()
+    self.assertEqual(info["bytes"], len(content))
+    self.assertEqual(info["sha256"], hashlib.sha256(content).hexdigest())
+    self.assertEqual(info["gzip_bytes"], len(gzip.compress(content, compresslevel=9)))
+    self.assertEqual(os.listdir(os.path.dirname(path)), ["m.tflite"])  # no temporary file left
+    with open(os.path.join(os.path.dirname(path), "plain"), "w"):
+      pass
+    self.assertEqual(os.stat(path).st_mode, os.stat(os.path.join(os.path.dirname(path), "plain")).st_mode)
+
+  @parameterized.named_parameters(("Full", "int8_full"), ("Sparse", "int8_sparse"),
+                                  ("FloatLogits", "int8_float_logits"))
+  def testInt8Calibrated_WithoutRepresentativeImages_Raises(self, variant):
+    with self.assertRaisesRegex(ValueError, "representative_images"):
+      tflite.export_tflite(self.model, os.path.join(self.create_tempdir().full_path, "m.tflite"), variant)
+
+  def testUnknownVariant_RaisesListingTheChoices(self):
+    with self.assertRaisesRegex(ValueError, "int8_sparse"):
+      tflite.export_tflite(self.model, os.path.join(self.create_tempdir().full_path, "m.tflite"), "int4")
+
+
+if __name__ == "__main__":
+  tf.test.main()
