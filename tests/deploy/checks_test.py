@@ -24,7 +24,7 @@ class CheckExportableTest(tf.test.TestCase):
   def testWrappedModel_RaisesNamingStrip(self):
     dense = models.build_model("cnn_small", _SHAPE, 10, seed=0)
     wrapped = magnitude.prune_model(dense, pruning_config.PruningConfig(0.5, schedule="constant"))
-    with self.assertRaisesRegex(ValueError, r"pruning wrapper .*pruning\.strip"):
+    with self.assertRaisesRegex(ValueError, r"pruning wrapper .*wrapping\.strip"):
       checks.check_exportable(wrapped)
 
   def testModelOfVectors_RaisesNamingTheImageShape(self):
