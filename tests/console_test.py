@@ -44,6 +44,23 @@ class RequestedVerbosityTest(parameterized.TestCase):
     self.assertEqual(console.requested_verbosity(argv), expected)
 
 
+class NativeLogLineTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      ("E0000 00:00:1796006971.472850    3612 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n", True),
+      ("I0000 00:00:1796006968.860860    3612 cudart_stub.cc:31] Could not find cuda drivers\n", True),
+      ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n", True),
+      ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n", True),
+      ("fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32\n", True),
+      # absl's Python records (ours among them) name a .py file and pass.
+      ("W1130 02:53:23.458048 140607882828672 checkpointing.py:77] Checkpoint x is unreadable\n", False),
+      ("tfrobprune: error: --output_dir is required for `train`.\n", False),
+      ("Traceback (most recent call last):\n", False),
+  )
+  def testTellsNativeLogLinesFromEverythingElse(self, line, native):
+    self.assertEqual(console.is_native_log_line(line), native)
+
+
 class QuietTensorflowTest(absltest.TestCase):
 
   def testDefaultHidesTensorflowCppLines(self):

@@ -7,13 +7,13 @@ user asked for verbose output with absl's `--verbosity` / `-v`; it must run befo
 the C++ log level is read once, at import.
 """
 
-import contextlib
+import atexit
 import importlib
 import logging
 import os
 import re
 import sys
-import tempfile
+import threading
 import warnings
 
 from absl import logging as absl_logging
@@ -22,12 +22,16 @@ from absl import logging as absl_logging
 # probe on GPU-less machines is an ERROR line). Errors that matter reach Python as exceptions either way.
 _QUIET_CPP_LOG_LEVEL = "3"
 _VERBOSITY_ARG = re.compile(r"^(?:--verbosity|--v|-v)(?:=(?P<value>-?\d+))?$")
-# What TensorFlow's shared libraries write to stderr while they load, before the C++ log level applies: lines of
-# absl's C++ logger ("I0000 00:00:17... port.cc:153] oneDNN custom operations are on ...") and its preamble.
-_CPP_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
+# Lines of absl's C++ logger, "I0000 00:00:1796.. 3612 port.cc:153] oneDNN custom operations are on ..." (a C++
+# source file: absl's Python records name a .py file and pass), its preamble, and what LiteRT and the TFLite
+# converter print directly.
+_CPP_LOG_LINE = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ [\w./-]+\.(cc|cpp|h):\d+\] ")
 # Packages whose absl INFO/WARNING records are kept off the console (absl logs every package through one logger).
 _LIBRARY_PATH = re.compile(r"[/\\](tensorflow|tf_keras|keras|tensorflow_model_optimization|ai_edge_litert)[/\\]")
-_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_NATIVE_PREFIXES = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+                    "INFO: Created TensorFlow Lite", "fully_quantize: ")
+_PUMP_DRAIN_SECONDS = 5
+_STDERR_FILTER = None
 
 
 def requested_verbosity(argv):
@@ -50,9 +54,9 @@ def requested_verbosity(argv):
 def quiet_tensorflow(argv):
   """Imports TensorFlow without its console noise, unless argv asks for absl verbosity >= 1.
 
-  Sets the C++ log level (an explicit TF_CPP_MIN_LOG_LEVEL in the environment is respected), drops the log lines
-  the shared libraries print while loading (they ignore that level), and keeps TensorFlow's Python logger and the
-  TFLite converter's warnings at ERROR. Call before anything else imports TensorFlow.
+  Sets the C++ log level (an explicit TF_CPP_MIN_LOG_LEVEL in the environment is respected), filters the native
+  log lines that ignore that level out of stderr for the rest of the process, and keeps TensorFlow's Python
+  logger and the TFLite converter's warnings at ERROR. Call before anything else imports TensorFlow.
 
   Returns:
     True if TensorFlow was quietened, False if verbosity was asked for (TensorFlow is then imported untouched).
@@ -62,8 +66,8 @@ def quiet_tensorflow(argv):
     importlib.import_module("tfrobprune.keras_compat")
     return False
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", _QUIET_CPP_LOG_LEVEL)
-  with _cpp_log_lines_dropped():
-    importlib.import_module("tfrobprune.keras_compat")
+  _filter_native_stderr_once()
+  importlib.import_module("tfrobprune.keras_compat")
   logging.getLogger("tensorflow").setLevel(logging.ERROR)
   absl_logging.get_absl_handler().addFilter(_BelowErrorFromLibraries())
   # The TFLite converter warns from inside TensorFlow (its calibration builds a deprecated tf.lite.Interpreter,
@@ -79,24 +83,51 @@ class _BelowErrorFromLibraries(logging.Filter):
     return record.levelno >= logging.ERROR or not _LIBRARY_PATH.search(record.pathname or "")
 
 
-@contextlib.contextmanager
-def _cpp_log_lines_dropped():
-  """Captures file descriptor 2 during the block, then writes back every line that is not a C++ log line."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      yield
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      captured.seek(0)
-      for line in captured.read().decode(errors="replace").splitlines(keepends=True):
-        if not _CPP_LOG_LINE.match(line) and not line.startswith(_ABSL_PREAMBLE):
-          sys.stderr.write(line)
-      sys.stderr.flush()
+def _filter_native_stderr_once():
+  global _STDERR_FILTER
+  if _STDERR_FILTER is None:
+    _STDERR_FILTER = _NativeStderrFilter()
+    _STDERR_FILTER.start()
+    atexit.register(_STDERR_FILTER.stop)
+
+
+class _NativeStderrFilter:
+  """Passes file descriptor 2 (so C++ writes too) through a pipe whose pump drops native library log lines.
+
+  TensorFlow's shared libraries log while they load, before TF_CPP_MIN_LOG_LEVEL applies, and the TFLite
+  converter and LiteRT print straight to stderr; none of that reaches Python's logging. Every other line
+  (Python's, tracebacks, the CLI's own errors) is forwarded unchanged, in order.
+  """
+
+  def __init__(self):
+    self._real_stderr = None
+    self._pump = None
+
+  def start(self):
+    sys.stderr.flush()
+    self._real_stderr = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    self._pump = threading.Thread(target=self._forward, args=(read_end,), name="stderr-filter", daemon=True)
+    self._pump.start()
+
+  def stop(self):
+    """Restores the real stderr and lets the pump forward what is left (called at exit)."""
+    sys.stderr.flush()
+    os.dup2(self._real_stderr, 2)  # closes this process's write end of the pipe: the pump reads to its end
+    self._pump.join(timeout=_PUMP_DRAIN_SECONDS)
+
+  def _forward(self, read_end):
+    with os.fdopen(read_end, "rb") as pipe:
+      for line in iter(pipe.readline, b""):
+        if not is_native_log_line(line.decode(errors="replace")):
+          os.write(self._real_stderr, line)
+
+
+def is_native_log_line(line):
+  """True for what native code logs: absl C++ log lines ('E0000 ... cuda_platform.cc:52] ...'), LiteRT's INFO."""
+  return bool(_CPP_LOG_LINE.match(line)) or line.startswith(_NATIVE_PREFIXES)
 
 
 class EpochProgressBars:

@@ -12,59 +12,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from absl.testing import parameterized  # noqa: E402
 import numpy as np  # noqa: E402
 
+import deploy_test_utils  # noqa: E402
 from tfrobprune.deploy import export  # noqa: E402
 from tfrobprune.deploy import tflite  # noqa: E402
 from tfrobprune.evaluate import evaluation  # noqa: E402
-from tfrobprune.keras_compat import keras, tf  # noqa: E402
-from tfrobprune import models  # noqa: E402
-from tfrobprune.prune import drivers  # noqa: E402
-from tfrobprune.prune import magnitude  # noqa: E402
-from tfrobprune.prune import pruning_config  # noqa: E402
+from tfrobprune.keras_compat import tf  # noqa: E402
 from tfrobprune.prune import stats  # noqa: E402
-from tfrobprune.prune import wrapping  # noqa: E402
-
-_SHAPE = (12, 12, 1)
-_CLASSES = 10
-_MODEL_NAME = "cnn_small"
-
-
-def _synthetic(count, shape=_SHAPE, seed=0):
-  """Ten fixed random templates plus noise: learnable with a margin, pixels in [0, 1]."""
-  templates = np.random.default_rng(123).random((_CLASSES,) + shape, np.float32)
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, _CLASSES, count)
-  images = 0.7 * templates[labels] + 0.3 * rng.random((count,) + shape, np.float32)
-  return images.astype(np.float32), labels.astype(np.int64)
-
-
-def _fine_tune_pruned(dense_model, x, y, sparsity, steps):
-  """Prunes with tfmot for real: prune_model, a custom loop driven by PruningStepDriver, then strip."""
-  pruned = magnitude.prune_model(dense_model, pruning_config.PruningConfig(sparsity, schedule="constant"))
-  driver = drivers.PruningStepDriver(pruned)
-  optimizer = keras.optimizers.Adam(3e-3)
-  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-  @tf.function
-  def train_step(xb, yb):
-    with tf.GradientTape() as tape:
-      loss = loss_fn(yb, pruned(xb, training=True))
-    optimizer.apply_gradients(zip(tape.gradient(loss, pruned.trainable_variables), pruned.trainable_variables))
-
-  driver.on_train_begin()
-  for step in range(steps):
-    driver.on_step_begin(step)
-    start = (64 * step) % (len(x) - 64)
-    train_step(x[start:start + 64], y[start:start + 64])
-  driver.on_epoch_end(0)
-  driver.finalize()
-  return wrapping.strip(pruned)
-
-
-def _trained_dense_model(x, y):
-  model = models.build_model(_MODEL_NAME, _SHAPE, _CLASSES, mean=0.5, std=0.3, seed=0)
-  model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  model.fit(x, y, epochs=3, batch_size=64, verbose=0)
-  return model
 
 
 def _predict(model, images):
@@ -83,24 +36,24 @@ class _Shared:
     return cls.built
 
   def __init__(self):
-    self.x_train, self.y_train = _synthetic(512, seed=0)
-    self.x_test, self.y_test = _synthetic(96, seed=1)
-    self.dense = _trained_dense_model(self.x_train, self.y_train)
-    self.model = _fine_tune_pruned(self.dense, self.x_train, self.y_train, 0.8, steps=16)
+    self.x_train, self.y_train = deploy_test_utils.synthetic(512, seed=0)
+    self.x_test, self.y_test = deploy_test_utils.synthetic(96, seed=1)
+    self.dense = deploy_test_utils.trained_dense_model(self.x_train, self.y_train)
+    self.model = deploy_test_utils.fine_tune_pruned(self.dense, self.x_train, self.y_train, 0.8, steps=16)
     self.keras_logits = _predict(self.model, self.x_test)
     self.keras_predictions = np.argmax(self.keras_logits, axis=1)
     eval_config = evaluation.EvalConfig(eps=0.1, pgd_steps=5, pgd_restarts=1, fgsm=False, batch_size=128)
     self.keras_results, self.x_adv = evaluation.evaluate_model(self.model, self.x_test, self.y_test, eval_config,
-                                                               _CLASSES, return_adversarial=True)
+                                                               deploy_test_utils.CLASSES, return_adversarial=True)
     self.output_dir = tempfile.mkdtemp(prefix="export_test-")
     self.sparsity = stats.parameter_counts(self.model)["sparsity"]
     self.artifacts = export.export_all(
-        self.model, self.output_dir, model_name=_MODEL_NAME, x_test=self.x_test, y_test=self.y_test,
+        self.model, self.output_dir, model_name=deploy_test_utils.MODEL_NAME, x_test=self.x_test, y_test=self.y_test,
         x_adv=self.x_adv, keras_predictions=self.keras_predictions, representative_images=self.x_train,
-        source_run={"config": {"model": _MODEL_NAME}}, sparsity=self.sparsity, dense_model=self.dense,
+        source_run={"config": {"model": deploy_test_utils.MODEL_NAME}}, sparsity=self.sparsity, dense_model=self.dense,
         pqat_data=(self.x_train, self.y_train))
     self.export_dir = os.path.join(self.output_dir, "export")
-    self.saved_model_path = os.path.join(self.export_dir, "saved_model", _MODEL_NAME, "1")
+    self.saved_model_path = os.path.join(self.export_dir, "saved_model", deploy_test_utils.MODEL_NAME, "1")
     with open(os.path.join(self.export_dir, "manifest.json")) as handle:
       self.manifest = json.load(handle)
 
@@ -136,7 +89,7 @@ class ExportAllTest(ExportTestCase):
     self.assertEqual(figures["adversarial_agreement"], 1.0)
     self.assertLess(figures["max_abs_logit_diff"], 1e-5)
     self.assertTrue(entry["loaded_without_tfrobprune_models"])
-    self.assertEqual(entry["signature"]["inputs"], {"images": ["float32", [None, *_SHAPE]]})
+    self.assertEqual(entry["signature"]["inputs"], {"images": ["float32", [None, *deploy_test_utils.SHAPE]]})
     self.assertEqual(entry["signature"]["outputs"]["classes"], ["int64", [None]])
 
   def testReportsEveryArtifactWithItsFigures(self):
@@ -187,11 +140,11 @@ class ExportAllTest(ExportTestCase):
       self.assertIn("quantization", entry)
 
   def testManifest_RecordsTheRunSparsityAndKerasReference(self):
-    self.assertEqual(self.manifest["source_run"], {"config": {"model": _MODEL_NAME}})
+    self.assertEqual(self.manifest["source_run"], {"config": {"model": deploy_test_utils.MODEL_NAME}})
     self.assertAlmostEqual(self.manifest["sparsity"], self.sparsity)
     self.assertEqual(self.manifest["keras"]["benign_acc"], self.keras_results["benign_acc"])
     self.assertEqual(self.manifest["keras"]["pgd_acc"], self.keras_results["pgd_acc"])
-    self.assertEqual(self.manifest["artifacts"]["saved_model"]["path"], os.path.join("saved_model", _MODEL_NAME, "1"))
+    self.assertEqual(self.manifest["artifacts"]["saved_model"]["path"], os.path.join("saved_model", deploy_test_utils.MODEL_NAME, "1"))
     self.assertIn("FULLY_CONNECTED", self.manifest["artifacts"]["int8_sparse"]["xnnpack_error"])
     leftovers = [name for _, _, names in os.walk(self.export_dir) for name in names if name.startswith(".")]
     self.assertEqual(leftovers, [])

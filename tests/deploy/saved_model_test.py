@@ -12,56 +12,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from absl.testing import parameterized  # noqa: E402
 import numpy as np  # noqa: E402
 
+import deploy_test_utils  # noqa: E402
 from tfrobprune.deploy import saved_model  # noqa: E402
-from tfrobprune.keras_compat import keras, tf  # noqa: E402
+from tfrobprune.keras_compat import tf  # noqa: E402
 from tfrobprune import models  # noqa: E402
-from tfrobprune.prune import drivers  # noqa: E402
 from tfrobprune.prune import magnitude  # noqa: E402
 from tfrobprune.prune import pruning_config  # noqa: E402
-from tfrobprune.prune import wrapping  # noqa: E402
-
-_SHAPE = (12, 12, 1)
-_CLASSES = 10
-_MODEL_NAME = "cnn_small"
-
-
-def _synthetic(count, shape=_SHAPE, seed=0):
-  """Ten fixed random templates plus noise: learnable with a margin, pixels in [0, 1]."""
-  templates = np.random.default_rng(123).random((_CLASSES,) + shape, np.float32)
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, _CLASSES, count)
-  images = 0.7 * templates[labels] + 0.3 * rng.random((count,) + shape, np.float32)
-  return images.astype(np.float32), labels.astype(np.int64)
-
-
-def _fine_tune_pruned(dense_model, x, y, sparsity, steps):
-  """Prunes with tfmot for real: prune_model, a custom loop driven by PruningStepDriver, then strip."""
-  pruned = magnitude.prune_model(dense_model, pruning_config.PruningConfig(sparsity, schedule="constant"))
-  driver = drivers.PruningStepDriver(pruned)
-  optimizer = keras.optimizers.Adam(3e-3)
-  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-  @tf.function
-  def train_step(xb, yb):
-    with tf.GradientTape() as tape:
-      loss = loss_fn(yb, pruned(xb, training=True))
-    optimizer.apply_gradients(zip(tape.gradient(loss, pruned.trainable_variables), pruned.trainable_variables))
-
-  driver.on_train_begin()
-  for step in range(steps):
-    driver.on_step_begin(step)
-    start = (64 * step) % (len(x) - 64)
-    train_step(x[start:start + 64], y[start:start + 64])
-  driver.on_epoch_end(0)
-  driver.finalize()
-  return wrapping.strip(pruned)
-
-
-def _trained_dense_model(x, y):
-  model = models.build_model(_MODEL_NAME, _SHAPE, _CLASSES, mean=0.5, std=0.3, seed=0)
-  model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  model.fit(x, y, epochs=3, batch_size=64, verbose=0)
-  return model
 
 
 class SavedModelTest(tf.test.TestCase, parameterized.TestCase):
@@ -70,14 +26,14 @@ class SavedModelTest(tf.test.TestCase, parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    x_train, y_train = _synthetic(512, seed=0)
-    cls.x_test, _ = _synthetic(96, seed=1)
-    cls.dense = _trained_dense_model(x_train, y_train)
-    cls.model = _fine_tune_pruned(cls.dense, x_train, y_train, 0.8, steps=16)
+    x_train, y_train = deploy_test_utils.synthetic(512, seed=0)
+    cls.x_test, _ = deploy_test_utils.synthetic(96, seed=1)
+    cls.dense = deploy_test_utils.trained_dense_model(x_train, y_train)
+    cls.model = deploy_test_utils.fine_tune_pruned(cls.dense, x_train, y_train, 0.8, steps=16)
     cls.keras_logits = cls.model(cls.x_test, training=False).numpy()
     cls.keras_predictions = np.argmax(cls.keras_logits, axis=1)
     cls.base_dir = tempfile.mkdtemp(prefix="saved_model_test-")
-    cls.saved_model_path = saved_model.export_saved_model(cls.model, cls.base_dir, _MODEL_NAME)
+    cls.saved_model_path = saved_model.export_saved_model(cls.model, cls.base_dir, deploy_test_utils.MODEL_NAME)
 
   @classmethod
   def tearDownClass(cls):
@@ -89,13 +45,13 @@ class SavedModelTest(tf.test.TestCase, parameterized.TestCase):
     _, inputs = signature.structured_input_signature
     self.assertEqual(list(inputs), ["images"])
     self.assertEqual(inputs["images"].dtype, tf.float32)
-    self.assertEqual(inputs["images"].shape.as_list(), [None, *_SHAPE])
+    self.assertEqual(inputs["images"].shape.as_list(), [None, *deploy_test_utils.SHAPE])
     outputs = signature.structured_outputs
     self.assertEqual(sorted(outputs), sorted(saved_model.OUTPUT_NAMES))
     self.assertEqual(sorted(outputs), ["classes", "logits", "probabilities"])
-    self.assertEqual((outputs["logits"].dtype, outputs["logits"].shape.as_list()), (tf.float32, [None, _CLASSES]))
+    self.assertEqual((outputs["logits"].dtype, outputs["logits"].shape.as_list()), (tf.float32, [None, deploy_test_utils.CLASSES]))
     self.assertEqual((outputs["probabilities"].dtype, outputs["probabilities"].shape.as_list()),
-                     (tf.float32, [None, _CLASSES]))
+                     (tf.float32, [None, deploy_test_utils.CLASSES]))
     self.assertEqual((outputs["classes"].dtype, outputs["classes"].shape.as_list()), (tf.int64, [None]))
 
   def testSignature_OutputsMatchKerasModel(self):
@@ -138,7 +94,7 @@ class AtomicSavedModelTest(tf.test.TestCase, parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.model = models.build_model(_MODEL_NAME, _SHAPE, _CLASSES, seed=0)
+    cls.model = models.build_model(deploy_test_utils.MODEL_NAME, deploy_test_utils.SHAPE, deploy_test_utils.CLASSES, seed=0)
 
   def testVersions_AreOneTwoThreeByDefault(self):
     base = self.create_tempdir().full_path

@@ -9,57 +9,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import numpy as np  # noqa: E402
 
+import deploy_test_utils  # noqa: E402
 from tfrobprune.deploy import tflite  # noqa: E402
 from tfrobprune.deploy import tflite_runner  # noqa: E402
-from tfrobprune.keras_compat import keras, tf  # noqa: E402
-from tfrobprune import models  # noqa: E402
-from tfrobprune.prune import drivers  # noqa: E402
-from tfrobprune.prune import magnitude  # noqa: E402
-from tfrobprune.prune import pruning_config  # noqa: E402
-from tfrobprune.prune import wrapping  # noqa: E402
-
-_SHAPE = (12, 12, 1)
-_CLASSES = 10
-_MODEL_NAME = "cnn_small"
-
-
-def _synthetic(count, shape=_SHAPE, seed=0):
-  """Ten fixed random templates plus noise: learnable with a margin, pixels in [0, 1]."""
-  templates = np.random.default_rng(123).random((_CLASSES,) + shape, np.float32)
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, _CLASSES, count)
-  images = 0.7 * templates[labels] + 0.3 * rng.random((count,) + shape, np.float32)
-  return images.astype(np.float32), labels.astype(np.int64)
-
-
-def _fine_tune_pruned(dense_model, x, y, sparsity, steps):
-  """Prunes with tfmot for real: prune_model, a custom loop driven by PruningStepDriver, then strip."""
-  pruned = magnitude.prune_model(dense_model, pruning_config.PruningConfig(sparsity, schedule="constant"))
-  driver = drivers.PruningStepDriver(pruned)
-  optimizer = keras.optimizers.Adam(3e-3)
-  loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-  @tf.function
-  def train_step(xb, yb):
-    with tf.GradientTape() as tape:
-      loss = loss_fn(yb, pruned(xb, training=True))
-    optimizer.apply_gradients(zip(tape.gradient(loss, pruned.trainable_variables), pruned.trainable_variables))
-
-  driver.on_train_begin()
-  for step in range(steps):
-    driver.on_step_begin(step)
-    start = (64 * step) % (len(x) - 64)
-    train_step(x[start:start + 64], y[start:start + 64])
-  driver.on_epoch_end(0)
-  driver.finalize()
-  return wrapping.strip(pruned)
-
-
-def _trained_dense_model(x, y):
-  model = models.build_model(_MODEL_NAME, _SHAPE, _CLASSES, mean=0.5, std=0.3, seed=0)
-  model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  model.fit(x, y, epochs=3, batch_size=64, verbose=0)
-  return model
+from tfrobprune.keras_compat import tf  # noqa: E402
 
 
 class TFLiteRunnerTest(tf.test.TestCase):
@@ -68,9 +21,9 @@ class TFLiteRunnerTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.x_train, cls.y_train = _synthetic(512, seed=0)
-    cls.x_test, _ = _synthetic(96, seed=1)
-    cls.model = _fine_tune_pruned(_trained_dense_model(cls.x_train, cls.y_train), cls.x_train, cls.y_train, 0.8,
+    cls.x_train, cls.y_train = deploy_test_utils.synthetic(512, seed=0)
+    cls.x_test, _ = deploy_test_utils.synthetic(96, seed=1)
+    cls.model = deploy_test_utils.fine_tune_pruned(deploy_test_utils.trained_dense_model(cls.x_train, cls.y_train), cls.x_train, cls.y_train, 0.8,
                                   steps=16)
     cls.keras_logits = cls.model(cls.x_test, training=False).numpy()
     cls.keras_predictions = np.argmax(cls.keras_logits, axis=1)
@@ -99,7 +52,7 @@ class TFLiteRunnerTest(tf.test.TestCase):
     path = self._tflite_path("float32")
     whole, _ = tflite_runner.run_tflite(path, self.x_test)
     self.assertAllClose(tflite_runner.run_tflite(path, self.x_test[:1])[0], whole[:1], atol=1e-6)
-    self.assertEqual(tflite_runner.run_tflite(path, self.x_test[:0])[0].shape, (0, _CLASSES))
+    self.assertEqual(tflite_runner.run_tflite(path, self.x_test[:0])[0].shape, (0, deploy_test_utils.CLASSES))
 
   def testRunTflite_Int8InputAndOutput_AreScaled(self):
     converter = tf.lite.TFLiteConverter.from_keras_model(self.model)
