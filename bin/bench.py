@@ -15,6 +15,10 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tfrobprune import console  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+console.quiet_tensorflow(sys.argv)  # before TensorFlow's import; --verbosity=1 shows its log lines
+
 from tfrobprune import report  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tfrobprune.train import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 

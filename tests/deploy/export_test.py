@@ -144,7 +144,8 @@ class ExportAllTest(ExportTestCase):
     self.assertAlmostEqual(self.manifest["sparsity"], self.sparsity)
     self.assertEqual(self.manifest["keras"]["benign_acc"], self.keras_results["benign_acc"])
     self.assertEqual(self.manifest["keras"]["pgd_acc"], self.keras_results["pgd_acc"])
-    self.assertEqual(self.manifest["artifacts"]["saved_model"]["path"], os.path.join("saved_model", deploy_test_utils.MODEL_NAME, "1"))
+    self.assertEqual(self.manifest["artifacts"]["saved_model"]["path"],
+                     os.path.join("saved_model", deploy_test_utils.MODEL_NAME, "1"))
     self.assertIn("FULLY_CONNECTED", self.manifest["artifacts"]["int8_sparse"]["xnnpack_error"])
     leftovers = [name for _, _, names in os.walk(self.export_dir) for name in names if name.startswith(".")]
     self.assertEqual(leftovers, [])

@@ -49,7 +49,8 @@ class SavedModelTest(tf.test.TestCase, parameterized.TestCase):
     outputs = signature.structured_outputs
     self.assertEqual(sorted(outputs), sorted(saved_model.OUTPUT_NAMES))
     self.assertEqual(sorted(outputs), ["classes", "logits", "probabilities"])
-    self.assertEqual((outputs["logits"].dtype, outputs["logits"].shape.as_list()), (tf.float32, [None, deploy_test_utils.CLASSES]))
+    self.assertEqual((outputs["logits"].dtype, outputs["logits"].shape.as_list()),
+                     (tf.float32, [None, deploy_test_utils.CLASSES]))
     self.assertEqual((outputs["probabilities"].dtype, outputs["probabilities"].shape.as_list()),
                      (tf.float32, [None, deploy_test_utils.CLASSES]))
     self.assertEqual((outputs["classes"].dtype, outputs["classes"].shape.as_list()), (tf.int64, [None]))
@@ -94,7 +95,8 @@ class AtomicSavedModelTest(tf.test.TestCase, parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.model = models.build_model(deploy_test_utils.MODEL_NAME, deploy_test_utils.SHAPE, deploy_test_utils.CLASSES, seed=0)
+    cls.model = models.build_model(deploy_test_utils.MODEL_NAME, deploy_test_utils.SHAPE, deploy_test_utils.CLASSES,
+                                   seed=0)
 
   def testVersions_AreOneTwoThreeByDefault(self):
     base = self.create_tempdir().full_path

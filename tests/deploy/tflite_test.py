@@ -28,8 +28,8 @@ class TFLiteTest(tf.test.TestCase, parameterized.TestCase):
     super().setUpClass()
     cls.x_train, cls.y_train = deploy_test_utils.synthetic(512, seed=0)
     cls.x_test, _ = deploy_test_utils.synthetic(96, seed=1)
-    cls.model = deploy_test_utils.fine_tune_pruned(deploy_test_utils.trained_dense_model(cls.x_train, cls.y_train), cls.x_train, cls.y_train, 0.8,
-                                  steps=16)
+    dense = deploy_test_utils.trained_dense_model(cls.x_train, cls.y_train)
+    cls.model = deploy_test_utils.fine_tune_pruned(dense, cls.x_train, cls.y_train, 0.8, steps=16)
     cls.keras_logits = cls.model(cls.x_test, training=False).numpy()
     cls.keras_predictions = np.argmax(cls.keras_logits, axis=1)
     cls.tflite_dir = tempfile.mkdtemp(prefix="tflite_test-")
