@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 import numpy as np  # noqa: E402
 
+import deploy_test_utils  # noqa: E402
 from tfrobprune.deploy import tflite  # noqa: E402
 from tfrobprune.deploy import tflite_bench  # noqa: E402
 from tfrobprune.keras_compat import tf  # noqa: E402
@@ -20,14 +21,6 @@ _SHAPE = (12, 12, 1)
 _ARTIFACTS = ("dense_float32", "float32", "int8_sparse")
 
 
-def _magnitude_masks(model, sparsity):
-  masks = {}
-  for layer in models.prunable_layers(model):
-    kernel = np.abs(layer.kernel.numpy())
-    masks[layer.name] = (kernel > np.quantile(kernel, sparsity)).astype(np.float32)
-  return masks
-
-
 class BenchTfliteTest(tf.test.TestCase):
   """A dense and a 90%-pruned cnn_small exported the way export_all lays them out (export_dir/tflite/)."""
 
@@ -35,7 +28,7 @@ class BenchTfliteTest(tf.test.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     dense = models.build_model("cnn_small", _SHAPE, 10, seed=0)
-    pruned = wrapping.strip(wrapping.fixed_mask_prune(dense, _magnitude_masks(dense, 0.9)))
+    pruned = wrapping.strip(wrapping.fixed_mask_prune(dense, deploy_test_utils.magnitude_masks(dense, 0.9)))
     cls.images = np.random.default_rng(0).random((8,) + _SHAPE, np.float32)
     cls.export_dir = tempfile.mkdtemp(prefix="tflite_bench_test-")
     tflite_dir = os.path.join(cls.export_dir, "tflite")
