@@ -75,6 +75,24 @@ class QuietTensorflowTest(absltest.TestCase):
     self.assertRegex(stderr, _CPP_LOG_LINE)
 
 
+class NativeStderrFilterTest(absltest.TestCase):
+
+  def testForwardsOtherLinesInOrderAndNeverBlocksWhenStderrIsGone(self):
+    script = ("import sys; from tfrobprune import console; console.quiet_tensorflow(['tfrobprune']); "
+              "[print(f'line {i}', file=sys.stderr) for i in range(3)]; "
+              "print('I0000 00:00:17.5 12 port.cc:153] native', file=sys.stderr)")
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = _ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    self.assertEqual(result.returncode, 0, result.stderr)
+    self.assertEqual(result.stderr, "line 0\nline 1\nline 2\n")
+    # A reader that goes away (stderr piped into `head`): 1 MB of stderr later the process still exits.
+    flood = script + "; [sys.stderr.write('x' * 99 + chr(10)) for _ in range(10000)]; sys.stderr.flush()"
+    process = subprocess.Popen([sys.executable, "-c", flood], stderr=subprocess.PIPE, env=env)
+    process.stderr.close()
+    self.assertEqual(process.wait(timeout=300), 0)
+
+
 class LibraryRecordsFilterTest(absltest.TestCase):
 
   def _record(self, pathname, level):

@@ -122,7 +122,14 @@ class _NativeStderrFilter:
     with os.fdopen(read_end, "rb") as pipe:
       for line in iter(pipe.readline, b""):
         if not is_native_log_line(line.decode(errors="replace")):
-          os.write(self._real_stderr, line)
+          self._write(line)
+
+  def _write(self, data):
+    try:
+      while data:
+        data = data[os.write(self._real_stderr, data):]
+    except OSError:
+      pass  # the real stderr is gone (e.g. a closed pipe): keep draining, so that writers to fd 2 never block
 
 
 def is_native_log_line(line):
