@@ -59,3 +59,11 @@ def magnitude_masks(model, sparsity):
     kernel = np.abs(layer.kernel.numpy())
     masks[layer.name] = (kernel > np.quantile(kernel, sparsity)).astype(np.float32)
   return masks
+
+
+def pruned_fixture():
+  """What the deploy tests export: (x_train, y_train, x_test, y_test, dense model, 80%-pruned stripped model)."""
+  x_train, y_train = synthetic(512, seed=0)
+  x_test, y_test = synthetic(96, seed=1)
+  dense = trained_dense_model(x_train, y_train)
+  return x_train, y_train, x_test, y_test, dense, fine_tune_pruned(dense, x_train, y_train, 0.8, steps=16)

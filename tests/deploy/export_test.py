@@ -36,10 +36,8 @@ class _Shared:
     return cls.built
 
   def __init__(self):
-    self.x_train, self.y_train = deploy_test_utils.synthetic(512, seed=0)
-    self.x_test, self.y_test = deploy_test_utils.synthetic(96, seed=1)
-    self.dense = deploy_test_utils.trained_dense_model(self.x_train, self.y_train)
-    self.model = deploy_test_utils.fine_tune_pruned(self.dense, self.x_train, self.y_train, 0.8, steps=16)
+    (self.x_train, self.y_train, self.x_test, self.y_test, self.dense,
+     self.model) = deploy_test_utils.pruned_fixture()
     self.keras_logits = _predict(self.model, self.x_test)
     self.keras_predictions = np.argmax(self.keras_logits, axis=1)
     eval_config = evaluation.EvalConfig(eps=0.1, pgd_steps=5, pgd_restarts=1, fgsm=False, batch_size=128)

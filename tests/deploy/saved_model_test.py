@@ -26,10 +26,7 @@ class SavedModelTest(tf.test.TestCase, parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    x_train, y_train = deploy_test_utils.synthetic(512, seed=0)
-    cls.x_test, _ = deploy_test_utils.synthetic(96, seed=1)
-    cls.dense = deploy_test_utils.trained_dense_model(x_train, y_train)
-    cls.model = deploy_test_utils.fine_tune_pruned(cls.dense, x_train, y_train, 0.8, steps=16)
+    _, _, cls.x_test, _, cls.dense, cls.model = deploy_test_utils.pruned_fixture()
     cls.keras_logits = cls.model(cls.x_test, training=False).numpy()
     cls.keras_predictions = np.argmax(cls.keras_logits, axis=1)
     cls.base_dir = tempfile.mkdtemp(prefix="saved_model_test-")

@@ -21,10 +21,7 @@ class TFLiteRunnerTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.x_train, cls.y_train = deploy_test_utils.synthetic(512, seed=0)
-    cls.x_test, _ = deploy_test_utils.synthetic(96, seed=1)
-    dense = deploy_test_utils.trained_dense_model(cls.x_train, cls.y_train)
-    cls.model = deploy_test_utils.fine_tune_pruned(dense, cls.x_train, cls.y_train, 0.8, steps=16)
+    cls.x_train, cls.y_train, cls.x_test, _, _, cls.model = deploy_test_utils.pruned_fixture()
     cls.keras_logits = cls.model(cls.x_test, training=False).numpy()
     cls.keras_predictions = np.argmax(cls.keras_logits, axis=1)
     cls.tflite_dir = tempfile.mkdtemp(prefix="tflite_runner_test-")
