@@ -4,11 +4,14 @@ import json
 import os
 
 from absl.testing import absltest
+import numpy as np
+from PIL import Image
 
 from tfrobprune import config
 from tfrobprune.evaluate import evaluation
 from tfrobprune import pipeline
 from tfrobprune.prune import pruning_config
+from tfrobprune.prune import pruning_schedules
 from tfrobprune.prune import scores
 from tfrobprune.robust import objectives
 from tfrobprune.train import checkpointing
@@ -35,7 +38,49 @@ def _config(**overrides):
   return config.RunConfig(**values)
 
 
+def _class_ordered_image_folder(root, train_per_class, test_per_class, classes=3):
+  """DIR/{train,test}/<class>/*.png of 12x12 grey images whose brightness tells the class (a learnable split that
+  the loader returns in class order)."""
+  rng = np.random.default_rng(0)
+  for split, count in (("train", train_per_class), ("test", test_per_class)):
+    for label in range(classes):
+      folder = os.path.join(root, split, f"class{label}")
+      os.makedirs(folder)
+      for index in range(count):
+        pixels = np.clip(0.2 + 0.3 * label + rng.normal(0, 0.05, (12, 12)), 0, 1)
+        Image.fromarray((pixels * 255).astype(np.uint8), mode="L").save(os.path.join(folder, f"{index}.png"))
+  return root
+
+
 class PipelineTest(absltest.TestCase):
+
+  def testClassOrderedFolderSubsetsHoldEveryClassAndTheReportSaysWhatRan(self):
+    data_dir = _class_ordered_image_folder(self.create_tempdir().full_path, train_per_class=64, test_per_class=20)
+    run_config = _config(
+        data=config.DataConfig(dataset="image_folder", data_dir=data_dir, image_size=(12, 12),
+                               max_train_examples=96),
+        pretrain=training.TrainConfig(epochs=1, batch_size=32, learning_rate=3e-3),
+        finetune=training.TrainConfig(epochs=2, batch_size=32, learning_rate=1e-3),
+        evaluation=evaluation.EvalConfig(eps=0.1, pgd_steps=2, pgd_restarts=1, batch_size=128, max_examples=15))
+    report = pipeline.run(run_config, self.create_tempdir().full_path, _QUIET)
+    # --eval_examples smaller than one class (20) still evaluates every class; so does the training subset.
+    histograms = report["dataset"]["class_histograms"]
+    self.assertEqual(histograms["test"], [20, 20, 20])
+    self.assertEqual(histograms["evaluated"], [5, 5, 5])
+    self.assertEqual(report["dense"]["examples"], 15)
+    self.assertEqual(histograms["train_split"], [64, 64, 64])
+    self.assertEqual(histograms["train"], [32, 32, 32])
+    self.assertEqual(report["warnings"], [])
+    # The recorded pruning schedule is the one that ran: 2 epochs x 3 steps, sparsity ramping over the first half,
+    # so the target is reached at step 2 (mask updates every 2 steps), not at the flag default of 1000.
+    self.assertEqual(report["schedules"]["finetune"], dict(report["schedules"]["finetune"], steps_per_epoch=3,
+                                                           steps=6))
+    pruning = report["config"]["pruning"]
+    self.assertEqual((pruning["begin_step"], pruning["end_step"], pruning["frequency"]), (0, 2, 2))
+    schedule = pruning_schedules.sparsity_schedule(config.RunConfig.from_dict(report["config"]).pruning)
+    self.assertAlmostEqual(float(schedule(2 + 1)[1]), 0.8, places=5)  # schedule(k + 1) answers for step k
+    self.assertLess(float(schedule(1 + 1)[1]), 0.79)
+    self.assertAlmostEqual(report["pruned"]["sparsity"], 0.8, delta=0.01)
 
   def testRunWritesAValidReportWithAPrunedModelAtTargetSparsity(self):
     output_dir = self.create_tempdir().full_path

@@ -38,6 +38,15 @@ class ReportTest(absltest.TestCase):
     self.assertIn("| fc1 | 90.00% |", text)
     self.assertNotIn("Sparsity sweep", text)
 
+  def testMarkdownWarnsAboutAnUnfairSubsetAtTheTopAndOnlyThen(self):
+    self.assertNotIn("Warning", report.markdown(_report()))
+    warned = dict(_report(), warnings=["The evaluated test examples hold no example of class(es) 2, which the "
+                                       "split has."])
+    lines = report.markdown(warned).splitlines()
+    warning_line = lines.index("> **Warning:** The evaluated test examples hold no example of class(es) 2, which "
+                               "the split has.")
+    self.assertLess(warning_line, next(i for i, line in enumerate(lines) if line.startswith("| model |")))
+
   def testWritesJsonMarkdownAndPlotsForASweep(self):
     directory = self.create_tempdir().full_path
     written = report.write_report(_report((0.5, 0.9, 0.99)), directory)

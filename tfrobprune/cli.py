@@ -62,8 +62,8 @@ _IMAGE_SIZE = flags.DEFINE_list("image_size", None, "HEIGHT,WIDTH for image_fold
 _VALIDATION_FRACTION = flags.DEFINE_float("validation_fraction", 0.0, "Part of the training set held out.",
                                           lower_bound=0.0, upper_bound=0.9)
 _AUGMENT = flags.DEFINE_boolean("augment", False, "Random crop + horizontal flip (CIFAR-like data).")
-_MAX_TRAIN_EXAMPLES = flags.DEFINE_integer("max_train_examples", 0, "Use the first N training examples (0: all).",
-                                           lower_bound=0)
+_MAX_TRAIN_EXAMPLES = flags.DEFINE_integer("max_train_examples", 0, "Train on N examples (0: all), a "
+                                           "class-stratified subset chosen by --seed.", lower_bound=0)
 _SYNTHETIC_EXAMPLES = flags.DEFINE_list("synthetic_examples", ["1024", "256"], "TRAIN,TEST sizes (synthetic data).")
 _SYNTHETIC_SHAPE = flags.DEFINE_list("synthetic_shape", ["28", "28", "1"], "H,W,C of synthetic images.")
 # Model.
@@ -135,8 +135,8 @@ _EVAL_PGD_RESTARTS = flags.DEFINE_integer("eval_pgd_restarts", 5, "PGD random re
                                           lower_bound=1)
 _EVAL_PGD_STEP_SIZE = flags.DEFINE_float("eval_pgd_step_size", 0.0, "PGD step size (0: 2.5 eps / steps).",
                                          lower_bound=0.0)
-_EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 0, "Evaluate on the first N test examples (0: all).",
-                                      lower_bound=0)
+_EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 0, "Evaluate on N test examples (0: all), a "
+                                      "class-stratified subset chosen by --seed.", lower_bound=0)
 _EVAL_BATCH_SIZE = flags.DEFINE_integer("eval_batch_size", 500, "Evaluation batch size.", lower_bound=1)
 _VERIFIED = flags.DEFINE_boolean("verified", None, "Report IBP/CROWN verified accuracy (default: on for IBP runs).")
 # export / serve / bench-tflite.

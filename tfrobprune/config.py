@@ -32,7 +32,8 @@ class DataConfig:
     augment: random crop + flip (CIFAR-like data).
     synthetic_examples: (train, test) sizes of the synthetic dataset.
     synthetic_shape: image shape of the synthetic dataset.
-    max_train_examples: use only the first N training examples (0: all); for quick runs.
+    max_train_examples: train on N examples (0: all), a class-stratified subset chosen by the run's seed; for
+      quick runs.
   """
   dataset: str = "fashion_mnist"
   data_dir: str | None = None

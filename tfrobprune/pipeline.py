@@ -15,6 +15,7 @@ temporary directory (deleted at the end) and skip evaluation, export and the rep
 """
 
 import dataclasses
+import functools
 import json
 import os
 import zlib
@@ -24,6 +25,7 @@ import numpy as np
 
 from tfrobprune import config as config_lib
 from tfrobprune.data import datasets
+from tfrobprune.data import subsets
 from tfrobprune.deploy import export
 from tfrobprune.evaluate import evaluation
 from tfrobprune.keras_compat import keras, tf
@@ -108,14 +110,52 @@ def set_seed(seed, deterministic):
 
 
 def _load_data(config):
+  """(dataset, validation, labels of the whole training split if a subset of it is used, else None)."""
   cfg = config.data
   dataset = datasets.load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size,
-                              synthetic_examples=cfg.synthetic_examples, synthetic_shape=cfg.synthetic_shape,
-                              seed=config.seed)
-  if cfg.max_train_examples:
-    dataset = dataclasses.replace(dataset, x_train=dataset.x_train[:cfg.max_train_examples],
-                                  y_train=dataset.y_train[:cfg.max_train_examples])
-  return datasets.split_validation(dataset, cfg.validation_fraction, config.seed)
+                                  synthetic_examples=cfg.synthetic_examples, synthetic_shape=cfg.synthetic_shape,
+                                  seed=config.seed)
+  train_split_labels = None
+  if cfg.max_train_examples and cfg.max_train_examples < len(dataset.y_train):
+    train_split_labels = dataset.y_train
+    index = subsets.stratified_subset(dataset.y_train, cfg.max_train_examples, config.seed)
+    dataset = dataclasses.replace(dataset, x_train=dataset.x_train[index], y_train=dataset.y_train[index])
+  return (*datasets.split_validation(dataset, cfg.validation_fraction, config.seed), train_split_labels)
+
+
+def _class_histograms(ctx, train_split_labels):
+  """Examples per class of every part of the data the run used, and warnings where a subset misrepresents its
+  split (a missing class, or class frequencies far from the split's)."""
+  dataset, config = ctx.dataset, ctx.config
+  histogram = functools.partial(subsets.class_histogram, num_classes=dataset.num_classes)
+  _, evaluated = evaluation.evaluation_examples(dataset.x_test, dataset.y_test, config.evaluation, config.seed)
+  histograms = {"train": histogram(dataset.y_train), "validation": histogram(ctx.validation[1]),
+                "test": histogram(dataset.y_test), "evaluated": histogram(evaluated)}
+  warnings = subsets.histogram_warnings("evaluated test examples", histograms["evaluated"], histograms["test"])
+  if train_split_labels is not None:
+    histograms["train_split"] = histogram(train_split_labels)
+    subset = histogram(np.concatenate([dataset.y_train, ctx.validation[1]]))  # before validation was held out
+    warnings += subsets.histogram_warnings("training subset", subset, histograms["train_split"])
+  return histograms, warnings
+
+
+def _resolved_config(ctx):
+  """The run's config with the values it resolved from the data: the pruning schedule's steps (the flags give a
+  frequency and a target; the steps follow from the fine-tuning length), and each phase's schedule lengths."""
+  config = ctx.config
+  pretrain_steps, finetune_steps = (_steps_per_epoch(ctx, config.pretrain), _steps_per_epoch(ctx, config.finetune))
+  pruning = _round_pruning_config(config.pruning, config.pruning.target_sparsity, _prune_ramp_steps(ctx))
+  resolved = dataclasses.replace(config, pruning=dataclasses.replace(
+      config.pruning, begin_step=pruning.begin_step, end_step=pruning.end_step, frequency=pruning.frequency))
+  schedules = {phase: {"steps_per_epoch": steps, "steps": train.epochs * steps, "lr_schedule": train.lr_schedule,
+                       "lr_warmup_steps": int(train.warmup_epochs * steps),
+                       "eps_warmup_steps": objective.eps_warmup_steps, "eps_ramp_steps": objective.eps_ramp_steps}
+               for phase, train, objective, steps in (
+                   ("pretrain", config.pretrain, config.pretrain_objective, pretrain_steps),
+                   ("finetune", config.finetune, config.finetune_objective, finetune_steps))}
+  schedules["pruning"] = {"begin_step": pruning.begin_step, "end_step": pruning.end_step,
+                          "frequency": pruning.frequency}
+  return resolved.to_dict(), schedules
 
 
 def _epoch_seed(seed, phase, epoch):
@@ -247,11 +287,16 @@ def _round_pruning_config(base, target, ramp_steps):
   return dataclasses.replace(base, target_sparsity=target, begin_step=0, end_step=end_step, frequency=frequency)
 
 
+def _prune_ramp_steps(ctx):
+  """The fine-tuning steps over which each round's sparsity ramps up (`prune_end_fraction` of the round)."""
+  steps = ctx.config.finetune.epochs * _steps_per_epoch(ctx, ctx.config.finetune)
+  return int(ctx.config.prune_end_fraction * steps)
+
+
 def _check_pruning_config(ctx):
   """Fails before any training if the pruning settings cannot apply to the model (e.g. 2:4 on a 1-channel conv)."""
-  steps = ctx.config.finetune.epochs * _steps_per_epoch(ctx, ctx.config.finetune)
   for sparsity in ctx.config.sparsities:
-    prune_config = _round_pruning_config(ctx.config.pruning, sparsity, int(ctx.config.prune_end_fraction * steps))
+    prune_config = _round_pruning_config(ctx.config.pruning, sparsity, _prune_ramp_steps(ctx))
     magnitude.prune_model(_new_dense_model(ctx), prune_config)
 
 
@@ -306,7 +351,6 @@ def _pruned_for_finetuning(ctx, model, target, phase, ramp_steps):
 def _prune_and_finetune(ctx, dense_model, sparsity):
   """Prunes a copy of the dense model to `sparsity` in `prune_rounds` prune/fine-tune rounds; returns it stripped."""
   config = ctx.config
-  steps = config.finetune.epochs * _steps_per_epoch(ctx, config.finetune)
   current, history = dense_model, []
   for round_index, target in enumerate(pruning_schedules.iterative_targets(sparsity, config.prune_rounds)):
     phase = f"finetune_s{sparsity:g}" + (f"_r{round_index + 1}" if config.prune_rounds > 1 else "")
@@ -315,7 +359,7 @@ def _prune_and_finetune(ctx, dense_model, sparsity):
       ctx.log(f"[{phase}] finished earlier; loading its model.")
       current, history = load_model(_model_path(ctx, phase)), history + finished["history"]
       continue
-    wrapped, driver = _pruned_for_finetuning(ctx, current, target, phase, int(config.prune_end_fraction * steps))
+    wrapped, driver = _pruned_for_finetuning(ctx, current, target, phase, _prune_ramp_steps(ctx))
     round_history = _run_phase(ctx, wrapped, config.finetune, config.finetune_objective, phase, driver)
     with ctx.strategy.scope():
       driver.finalize()
@@ -376,7 +420,7 @@ def run(config, output_dir, options=RunOptions()):
 def _run(config, output_dir, options, strategy):
   prepare_output_dir(output_dir)
   set_seed(config.seed, config.deterministic)
-  dataset, validation = _load_data(config)
+  dataset, validation, train_split_labels = _load_data(config)
   progress = checkpointing.RunProgress(output_dir, config, overwrite=options.overwrite)
   ctx = _RunContext(config, options, output_dir, dataset, validation, progress,
                     tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard")), strategy)
@@ -404,12 +448,16 @@ def _run(config, output_dir, options, strategy):
   if not chief:
     ctx.log("Training finished on this worker; the chief evaluates, exports and writes the report.")
     return None
+  resolved_config, schedules = _resolved_config(ctx)
+  class_histograms, data_warnings = _class_histograms(ctx, train_split_labels)
   report = {
-      "config": config.to_dict(),
+      "config": resolved_config,
+      "schedules": schedules,
       "distribute": distribute.describe(strategy),
       "dataset": {"name": dataset.name, "train": len(dataset.x_train), "validation": len(validation[0]),
                   "test": len(dataset.x_test), "input_shape": list(dataset.input_shape),
-                  "num_classes": dataset.num_classes},
+                  "num_classes": dataset.num_classes, "class_histograms": class_histograms},
+      "warnings": data_warnings,
       "dense": dense,
       "pruned": sweep[-1],
       "ratios": report_lib.ratios(dense, sweep[-1]),
@@ -437,9 +485,9 @@ def _export(ctx, dense_model, pruned_model, x_adv):
   finished = ctx.progress.get("export")
   if finished is not None:
     return finished
-  x_test, y_test, eval_config = ctx.dataset.x_test, ctx.dataset.y_test, ctx.config.evaluation
-  if eval_config.max_examples:
-    x_test, y_test = x_test[:eval_config.max_examples], y_test[:eval_config.max_examples]
+  eval_config = ctx.config.evaluation
+  x_test, y_test = evaluation.evaluation_examples(ctx.dataset.x_test, ctx.dataset.y_test, eval_config,
+                                                  ctx.config.seed)
   if x_adv is None:  # evaluated in an earlier process: the same seed finds the same adversarial examples again
     _, x_adv = evaluation.evaluate_model(pruned_model, x_test, y_test, eval_config, ctx.dataset.num_classes,
                                          return_adversarial=True, seed=ctx.config.seed)
@@ -472,7 +520,7 @@ def export_existing_run(run_dir, options=RunOptions()):
   with open(report_path) as handle:
     report = json.load(handle)
   config = config_lib.RunConfig.from_dict(report["config"])
-  dataset, validation = _load_data(config)
+  dataset, validation, _ = _load_data(config)
   ctx = _RunContext(config, options, run_dir, dataset, validation, _NoProgress(), None)
   last_phase = f"finetune_s{config.sparsities[-1]:g}" + (f"_r{config.prune_rounds}" if config.prune_rounds > 1 else "")
   artifacts = _export(ctx, load_model(_model_path(ctx, "dense")), load_model(_model_path(ctx, last_phase)), None)

@@ -57,6 +57,10 @@ def _ratio(value):
   return "-" if value is None else f"{value:.3f}"
 
 
+def _warning_lines(warnings):
+  return ([f"> **Warning:** {warning}" for warning in warnings] + [""]) if warnings else []
+
+
 def markdown(report):
   """The report as a Markdown document: the dense-vs-pruned table, the sparsity sweep, per-layer sparsity."""
   dense, pruned, ratio = report["dense"], report["pruned"], report["ratios"]
@@ -69,6 +73,7 @@ def markdown(report):
       f"({cfg['evaluation']['norm']}, PGD-{cfg['evaluation']['pgd_steps']} x {cfg['evaluation']['pgd_restarts']} "
       f"restarts) on {dense['examples']} test examples.",
       "",
+      *_warning_lines(report.get("warnings", [])),
       "| model | sparsity | params (nonzero / total) | compression | " +
       " | ".join(name for key, name in METRICS if key in dense) + " |",
       "|---|---|---|---|" + "---|" * sum(key in dense for key, _ in METRICS),

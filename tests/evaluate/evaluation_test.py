@@ -57,9 +57,19 @@ class EvaluateModelTest(tf.test.TestCase):
     second = evaluation.evaluate_model(self.model, self.x, self.y, config, 2, seed=3)
     self.assertEqual(first, second)
     self.assertEqual(x_adv.shape, (100, 6, 6, 1))
-    self.assertLessEqual(np.max(np.abs(x_adv - self.x[:100])), 0.03 + 1e-6)
-    robust = np.argmax(self.model(x_adv, training=False), axis=1) == self.y[:100]
+    x_eval, y_eval = evaluation.evaluation_examples(self.x, self.y, config, seed=3)  # the examples it attacked
+    self.assertLessEqual(np.max(np.abs(x_adv - x_eval)), 0.03 + 1e-6)
+    robust = np.argmax(self.model(x_adv, training=False), axis=1) == y_eval
     self.assertGreaterEqual(robust.mean(), first["pgd_acc"])  # examples no start fooled keep their input
+
+  def testMaxExamplesTakesEachClassShareOfAClassOrderedSplit(self):
+    order = np.argsort(self.y, kind="stable")  # all of class 0 first, as a class-ordered loader returns them
+    x_sorted, y_sorted = self.x[order], self.y[order]
+    config = self._config(max_examples=40)
+    _, y_eval = evaluation.evaluation_examples(x_sorted, y_sorted, config, seed=0)
+    expected = np.bincount(y_sorted) * 40 / len(y_sorted)
+    np.testing.assert_allclose(np.bincount(y_eval, minlength=2), expected, atol=1)
+    self.assertEqual(evaluation.evaluate_model(self.model, x_sorted, y_sorted, config, 2, seed=0)["examples"], 40)
 
   def testConfigRejectsBadValues(self):
     for kwargs, match in ((dict(eps=-1.0), "eval eps"), (dict(pgd_restarts=0), "pgd_steps and pgd_restarts"),

@@ -8,9 +8,10 @@ import dataclasses
 
 import numpy as np
 
+from tfrobprune.data import subsets
+from tfrobprune.evaluate import verification
 from tfrobprune.keras_compat import tf
 from tfrobprune.robust import attacks
-from tfrobprune.evaluate import verification
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +27,8 @@ class EvalConfig:
     fgsm: also report FGSM accuracy.
     verified: also report IBP and CROWN verified accuracy (L-inf only).
     batch_size: examples per evaluation batch.
-    max_examples: evaluate on the first N test examples (0: all).
+    max_examples: evaluate on N test examples (0: all), a class-stratified subset chosen by the evaluation's seed
+      (`evaluation_examples`), so that a class-ordered test split is still sampled fairly.
   """
   eps: float = 0.1
   norm: str = "linf"
@@ -106,8 +108,7 @@ def evaluate_model(model, x, y, config, num_classes, return_adversarial=False, s
     A dict with `examples`, `benign_acc`, `pgd_acc`, optionally `fgsm_acc`, `verified_acc`, `verified_acc_crown`;
     and, with `return_adversarial`, a second value: the adversarial images as a numpy array.
   """
-  if config.max_examples:
-    x, y = x[:config.max_examples], y[:config.max_examples]
+  x, y = evaluation_examples(x, y, config, seed)
   y = np.asarray(y, np.int64)
   compiled = _CompiledEval(model, config, num_classes, seed)
   counts = {"benign_acc": 0, "pgd_acc": 0}
@@ -130,6 +131,17 @@ def evaluate_model(model, x, y, config, num_classes, return_adversarial=False, s
   if return_adversarial:
     return results, np.concatenate(adversarial) if adversarial else np.zeros_like(x)
   return results
+
+
+def evaluation_examples(x, y, config, seed):
+  """The examples an evaluation runs on: all of (x, y), or `config.max_examples` of them stratified by class.
+
+  The same seed gives the same subset, so two models (and the export's checks) are measured on the same examples.
+  """
+  if not config.max_examples:
+    return x, y
+  index = subsets.stratified_subset(y, config.max_examples, seed)
+  return x[index], np.asarray(y)[index]
 
 
 def verified_accuracies(model, x, y, config, num_classes):
