@@ -2,8 +2,12 @@
 
 import gzip
 import hashlib
+import io
 import os
 import sys
+import tarfile
+import time
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -37,6 +41,33 @@ class ArtifactFilesTest(tf.test.TestCase):
     total, gzipped = artifact_files.directory_sizes(directory)
     self.assertEqual(total, 70_000)
     self.assertBetween(gzipped, 1, len(gzip.compress(b"0" * 50_000 + b"1" * 20_000)) + 1_000)
+
+  def _copy_with_metadata(self, mtime, mode):
+    """The same two files, with their own modification time and permissions."""
+    directory = self.create_tempdir().full_path
+    for name, content in (("a", bytes(range(256)) * 200), ("sub/b", b"1" * 20_000)):
+      path = os.path.join(directory, name)
+      self._write(path, content)
+      os.chmod(path, mode)
+      os.utime(path, (mtime, mtime))
+    return directory
+
+  def testDirectorySizes_OfCopiesWithOtherTimesAndPermissions_AreEqual(self):
+    first = self._copy_with_metadata(1.25, 0o600)
+    second = self._copy_with_metadata(1_700_000_000.123456, 0o755)
+    self.assertEqual(artifact_files.directory_sizes(first), artifact_files.directory_sizes(second))
+
+  def testCanonicalTarGz_IsTheSameBytesForCopiesAndAtAnyTime_AndHoldsTheFiles(self):
+    first = self._copy_with_metadata(1.25, 0o600)
+    second = self._copy_with_metadata(1_700_000_000.123456, 0o755)
+    with mock.patch.object(time, "time", return_value=1_000_000_000.0):
+      archive = artifact_files.canonical_tar_gz(first)
+    with mock.patch.object(time, "time", return_value=2_000_000_000.0):
+      self.assertEqual(artifact_files.canonical_tar_gz(second), archive)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as opened:
+      self.assertEqual(opened.getnames(), ["a", "sub/b"])
+      self.assertEqual(opened.extractfile("sub/b").read(), b"1" * 20_000)
+      self.assertEqual(opened.extractfile("a").read(), bytes(range(256)) * 200)
 
   def testWriteArtifact_WritesBytesAndText_WithThePermissionsOfAPlainFile(self):
     directory = self.create_tempdir().full_path

@@ -13,11 +13,39 @@ from absl.testing import parameterized  # noqa: E402
 import numpy as np  # noqa: E402
 
 import deploy_test_utils  # noqa: E402
+from tfrobprune.deploy import artifact_files  # noqa: E402
 from tfrobprune.deploy import saved_model  # noqa: E402
 from tfrobprune.keras_compat import tf  # noqa: E402
 from tfrobprune import models  # noqa: E402
 from tfrobprune.prune import magnitude  # noqa: E402
 from tfrobprune.prune import pruning_config  # noqa: E402
+
+_TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+# What a resumed run does: a fresh process rebuilds the model, loads the same weights and exports it.
+_REBUILD_AND_EXPORT = """
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import deploy_test_utils as u
+from tfrobprune import models
+from tfrobprune.deploy import saved_model
+model = models.build_model(u.MODEL_NAME, u.SHAPE, u.CLASSES, mean=0.5, std=0.3)
+with np.load(sys.argv[2]) as weights:
+  model.set_weights([weights[f"w{index}"] for index in range(len(weights.files))])
+print(saved_model.export_saved_model(model, sys.argv[3], u.MODEL_NAME))
+"""
+
+
+def _file_digests(path):
+  return {name: artifact_files.sha256(os.path.join(path, name)) for name in artifact_files.relative_files(path)}
+
+
+def _serve_with_session_loader(path, images):
+  """The logits of the TF1 `Session` loader (the C++ loader's path, as TF Serving loads a SavedModel)."""
+  with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+    meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+    signature = meta_graph.signature_def["serving_default"]
+    return session.run(signature.outputs["logits"].name, {signature.inputs["images"].name: images})
 
 
 class SavedModelTest(tf.test.TestCase, parameterized.TestCase):
@@ -80,6 +108,36 @@ class SavedModelTest(tf.test.TestCase, parameterized.TestCase):
     self.assertRegex(serving, r"outputs\['logits'\] tensor_info:\s+dtype: DT_FLOAT\s+shape: \(-1, 10\)")
     self.assertRegex(serving, r"outputs\['probabilities'\] tensor_info:\s+dtype: DT_FLOAT\s+shape: \(-1, 10\)")
     self.assertRegex(serving, r"outputs\['classes'\] tensor_info:\s+dtype: DT_INT64\s+shape: \(-1\)")
+
+  def testExportAgain_AfterMoreTracing_WritesByteIdenticalFiles(self):
+    tf.function(lambda x: self.model(x) + 1.0)(self.x_test[:2])  # moves TensorFlow's function-name counter on
+    again = saved_model.export_saved_model(self.model, self.create_tempdir().full_path, deploy_test_utils.MODEL_NAME)
+    self.assertEqual(_file_digests(again), _file_digests(self.saved_model_path))
+
+  def testFreshProcess_RebuildingTheModelFromItsWeights_ExportsByteIdenticalFiles(self):
+    work = self.create_tempdir().full_path
+    weights_path = os.path.join(work, "weights.npz")
+    np.savez(weights_path, **{f"w{index}": weight for index, weight in enumerate(self.model.get_weights())})
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (os.path.dirname(os.path.dirname(_TESTS_DIR)), os.environ.get("PYTHONPATH")) if p))
+    done = subprocess.run([sys.executable, "-c", _REBUILD_AND_EXPORT, _TESTS_DIR, weights_path, work], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    self.assertEqual(done.returncode, 0, done.stderr[-3000:])
+    path = done.stdout.strip().splitlines()[-1]
+    self.assertEqual(_file_digests(path), _file_digests(self.saved_model_path))
+
+  def testSessionLoader_ServesTheExport_AsTFServingWould(self):
+    logits = _serve_with_session_loader(self.saved_model_path, self.x_test)
+    self.assertAllClose(logits, self.keras_logits, atol=1e-5)
+
+  def testExportsOfTwoModels_ShareFunctionNames_AndLoadSideBySide(self):
+    dense_path = saved_model.export_saved_model(self.dense, self.create_tempdir().full_path, "dense")
+    dense_logits = self.dense(self.x_test, training=False).numpy()
+    self.assertNotAllClose(dense_logits, self.keras_logits)
+    pruned = tf.saved_model.load(self.saved_model_path).signatures["serving_default"]
+    dense = tf.saved_model.load(dense_path).signatures["serving_default"]
+    self.assertAllClose(pruned(images=tf.constant(self.x_test))["logits"], self.keras_logits, atol=1e-5)
+    self.assertAllClose(dense(images=tf.constant(self.x_test))["logits"], dense_logits, atol=1e-5)
 
   def testWrappedModel_IsRejectedNamingStrip(self):
     wrapped = magnitude.prune_model(self.dense, pruning_config.PruningConfig(0.5, schedule="constant"))

@@ -35,6 +35,7 @@ import shutil
 
 import numpy as np
 
+from tfrobprune.deploy import canonical_saved_model
 from tfrobprune.deploy import checks
 from tfrobprune.keras_compat import tf
 
@@ -95,6 +96,10 @@ def export_saved_model(model, base_dir, model_name, version=None):
   renamed into place when complete, so a server watching base_dir/<model_name> never sees a half-written version.
   If writing fails or is interrupted, the temporary directory is removed and no version appears.
 
+  The files are byte-reproducible (`canonical_saved_model`): with one TensorFlow version, the same layers and
+  weights give the same bytes whichever process exports them and whatever it traced before, so a resumed run
+  exports what an uninterrupted one does.
+
   Args:
     model: a built, stripped Keras 2 model from [0, 1] images [None, H, W, C] to logits.
     base_dir: the directory holding one subdirectory per model name.
@@ -127,6 +132,7 @@ def export_saved_model(model, base_dir, model_name, version=None):
   try:
     module = _serving_module(model)
     tf.saved_model.save(module, tmp, signatures={SIGNATURE_KEY: module.serve})
+    canonical_saved_model.canonicalize(tmp)
     _rename_version(tmp, final, model_name, version)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
