@@ -1,4 +1,5 @@
-"""Tests for tfrobprune.cli: flags -> config, one-line errors for bad input, signals, kill -9 and resume.
+"""Tests for tfrobprune.cli: flags -> config, one-line errors for bad input, signals, kill -9 and resume, and the
+train -> export -> serve -> bench-tflite commands with export on.
 
 The command runs in child processes, as a user runs it.
 """
@@ -7,14 +8,19 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 from absl.testing import absltest
 from absl.testing import flagsaver
+import numpy as np
 
 from tfrobprune import cli
+from tfrobprune import pipeline
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TINY = ["--dataset=synthetic", "--synthetic_examples=256,64", "--synthetic_shape=12,12,1", "--model=cnn_small",
@@ -22,16 +28,34 @@ _TINY = ["--dataset=synthetic", "--synthetic_examples=256,64", "--synthetic_shap
          "--eval_pgd_restarts=1", "--noexport", "--noprogress", "--deterministic", "--checkpoint_every_steps=2"]
 
 
-def _command(*flags):
-  return [sys.executable, "-m", "tfrobprune.cli", "train", *flags]
+def _command(*flags, command="train"):
+  return [sys.executable, "-m", "tfrobprune.cli", command, *flags]
 
 
 def _env():
   return dict(os.environ, PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-def _run(*flags):
-  return subprocess.run(_command(*flags), capture_output=True, text=True, env=_env(), cwd=_ROOT, timeout=600)
+def _run(*flags, command="train"):
+  return subprocess.run(_command(*flags, command=command), capture_output=True, text=True, env=_env(), cwd=_ROOT,
+                        timeout=600)
+
+
+def _free_port():
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    return probe.getsockname()[1]
+
+
+def _get(url, body=None, timeout=30):
+  """(status, parsed JSON body) of a GET, or of a POST of `body` (a dict) when given."""
+  data = None if body is None else json.dumps(body).encode()
+  request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+  try:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+      return response.status, json.loads(response.read())
+  except urllib.error.HTTPError as error:
+    return error.code, json.loads(error.read() or b"{}")
 
 
 def _report(output_dir):
@@ -181,6 +205,71 @@ class CommandLineTest(absltest.TestCase):
                      .returncode, 0)
     result = _run(*_TINY, f"--output_dir={output_dir}", "--pretrain_epochs=1", "--finetune_epochs=1", "--seed=5")
     self._assert_one_line_error(result, r"different settings \(seed\).*--overwrite")
+
+  def testTrainWithExportThenExportServeAndBenchTflite(self):
+    run_dir = self.create_tempdir().full_path
+    with_export = [flag for flag in _TINY if flag != "--noexport"] + ["--export", "--pretrain_epochs=1",
+                                                                      "--finetune_epochs=1"]
+    trained = _run(*with_export, f"--output_dir={run_dir}")
+    self.assertEqual(trained.returncode, 0, trained.stderr)
+    self.assertIn("saved_model", _report(run_dir)["artifacts"])
+    versions_dir = os.path.join(run_dir, "export", "saved_model", "cnn_small")
+    self.assertEqual(os.listdir(versions_dir), ["1"])
+
+    exported = _run(f"--run_dir={run_dir}", command="export")
+    self.assertEqual(exported.returncode, 0, exported.stderr)
+    self.assertEqual(sorted(os.listdir(versions_dir)), ["1", "2"])
+    self.assertRegex(exported.stdout, r"(?m)^saved_model: [0-9,]+ bytes, benign [0-9.]+, agreement 1\.0$")
+
+    images = np.random.default_rng(0).random((3, 12, 12, 1), np.float32)
+    served = self._predict_with_served_model(os.path.join(run_dir, "export", "saved_model"), images)
+    keras_model = pipeline.load_model(os.path.join(run_dir, "models", "finetune_s0.9.keras"))
+    self.assertEqual(served, np.argmax(keras_model(images, training=False), axis=1).tolist())
+
+    bench_json = os.path.join(self.create_tempdir().full_path, "bench.json")
+    bench = _run(f"--export_dir={os.path.join(run_dir, 'export')}", "--bench_runs=3", f"--bench_output={bench_json}",
+                 command="bench-tflite")
+    self.assertEqual(bench.returncode, 0, bench.stderr)
+    with open(bench_json) as handle:
+      benched = json.load(handle)["artifacts"]
+    tflite_files = sorted(name[:-len(".tflite")] for name in os.listdir(os.path.join(run_dir, "export", "tflite")))
+    self.assertEqual(sorted(benched), tflite_files)
+    for name in tflite_files:
+      self.assertIn(f"| {name} |", bench.stdout)
+
+  def _predict_with_served_model(self, export_dir, images):
+    """Starts `tfrobprune serve` on free loopback ports, makes one REST Predict call, stops it with SIGTERM; returns
+    the served classes."""
+    rest_port = _free_port()
+    server = subprocess.Popen(
+        _command(f"--export_dir={export_dir}", "--model_name=cnn_small", "--host=127.0.0.1",
+                 f"--grpc_port={_free_port()}", f"--rest_port={rest_port}", "--max_batch=8", command="serve"),
+        env=_env(), cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{rest_port}/v1/models/cnn_small"
+    try:
+      status = self._wait_until_serving(server, base)
+      self.assertEqual(status["model_version_status"][0]["version"], "2")  # the newest version is served
+      code, answer = _get(base + ":predict", {"instances": images.tolist()})
+      self.assertEqual(code, 200, answer)
+    finally:
+      server.send_signal(signal.SIGTERM)
+      _, stderr = server.communicate(timeout=60)
+    self.assertEqual(server.returncode, 0, stderr)
+    return [row["classes"] for row in answer["predictions"]]
+
+  def _wait_until_serving(self, server, url, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+      if server.poll() is not None:
+        self.fail(f"serve exited with {server.returncode}: {server.communicate()[1]}")
+      try:
+        code, status = _get(url, timeout=5)
+        if code == 200:
+          return status
+      except OSError:
+        pass
+      time.sleep(0.2)
+    self.fail(f"serve did not answer on {url} within {timeout} s")
 
   def _wait_for_checkpoint(self, output_dir, phase, timeout=300):
     index = os.path.join(output_dir, "checkpoints", phase, "checkpoint")

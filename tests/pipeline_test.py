@@ -1,13 +1,16 @@
-"""End-to-end test of tfrobprune.pipeline on synthetic data: pre-train, prune, fine-tune, evaluate, report."""
+"""End-to-end test of tfrobprune.pipeline on synthetic data: pre-train, prune, fine-tune, evaluate, export, report."""
 
 import json
 import os
+from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
 from PIL import Image
 
 from tfrobprune import config
+from tfrobprune.data import datasets
+from tfrobprune.deploy import tflite
 from tfrobprune.evaluate import evaluation
 from tfrobprune import pipeline
 from tfrobprune.prune import pruning_config
@@ -50,6 +53,22 @@ def _class_ordered_image_folder(root, train_per_class, test_per_class, classes=3
         pixels = np.clip(0.2 + 0.3 * label + rng.normal(0, 0.05, (12, 12)), 0, 1)
         Image.fromarray((pixels * 255).astype(np.uint8), mode="L").save(os.path.join(folder, f"{index}.png"))
   return root
+
+
+def _read_json(path):
+  with open(path) as handle:
+    return json.load(handle)
+
+
+def _reevaluated(output_dir, run_config, phase):
+  """The accuracies of the model the run saved for `phase`, evaluated afresh with the run's settings and seed."""
+  cfg = run_config.data
+  dataset = datasets.load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size,
+                                  synthetic_examples=cfg.synthetic_examples, synthetic_shape=cfg.synthetic_shape,
+                                  seed=run_config.seed)
+  model = pipeline.load_model(os.path.join(output_dir, "models", f"{phase}.keras"))
+  return evaluation.evaluate_model(model, dataset.x_test, dataset.y_test, run_config.evaluation, dataset.num_classes,
+                                   seed=run_config.seed)
 
 
 class PipelineTest(absltest.TestCase):
@@ -95,7 +114,10 @@ class PipelineTest(absltest.TestCase):
     self.assertAlmostEqual(report["pruned"]["sparsity"], 0.8, delta=0.01)
     self.assertGreater(report["pruned"]["compression"], 3.0)
     self.assertGreater(report["dense"]["benign_acc"], 0.5)  # the synthetic classes are learnable
-    self.assertLessEqual(report["dense"]["pgd_acc"], report["dense"]["benign_acc"])
+    # The report's accuracies are those of the saved models, measured again with the run's seed.
+    for name, phase in (("dense", "dense"), ("pruned", "finetune_s0.8")):
+      reevaluated = _reevaluated(output_dir, _config(), phase)
+      self.assertEqual({key: report[name][key] for key in reevaluated}, reevaluated, name)
     self.assertAlmostEqual(report["ratios"]["benign"], report["pruned"]["benign_acc"] / report["dense"]["benign_acc"])
     self.assertEqual(result["ratios"], report["ratios"])
     self.assertIn("| pruned |", open(os.path.join(output_dir, "report.md")).read())
@@ -139,10 +161,12 @@ class PipelineTest(absltest.TestCase):
 
   def testScoreCriterionPrunesToTheTargetAndIsReported(self):
     config = _config(prune_criterion="scores", scores=scores.ScoreConfig(epochs=1))
-    report = pipeline.run(config, self.create_tempdir().full_path, _QUIET)
+    output_dir = self.create_tempdir().full_path
+    report = pipeline.run(config, output_dir, _QUIET)
     self.assertEqual(report["config"]["prune_criterion"], "scores")
     self.assertAlmostEqual(report["pruned"]["sparsity"], 0.8, delta=0.01)
-    self.assertLessEqual(report["pruned"]["pgd_acc"], report["pruned"]["benign_acc"])
+    reevaluated = _reevaluated(output_dir, config, "finetune_s0.8")
+    self.assertEqual({key: report["pruned"][key] for key in reevaluated}, reevaluated)
 
   def testGradualScoreScheduleRelearnsTheMaskAtEachTurnUpToTheTarget(self):
     lines = []
@@ -155,6 +179,42 @@ class PipelineTest(absltest.TestCase):
     self.assertIn("learning a 0.8000-sparse mask", turns[-1])
     self.assertEqual(report["config"]["scores"]["schedule"], "gradual")
     self.assertAlmostEqual(report["pruned"]["sparsity"], 0.8, delta=0.01)
+
+  def testExportResumesAfterAFailureIsNotRedoneOnRerunAndExportExistingRunAddsAVersion(self):
+    output_dir = self.create_tempdir().full_path
+    run_config = _config(export=True, pretrain=training.TrainConfig(epochs=1, batch_size=64, learning_rate=3e-3),
+                         finetune=training.TrainConfig(epochs=1, batch_size=64, learning_rate=1e-3))
+    with mock.patch.object(pipeline.export, "export_all", side_effect=RuntimeError("export killed")):
+      with self.assertRaisesRegex(RuntimeError, "export killed"):
+        pipeline.run(run_config, output_dir, _QUIET)
+    # The rerun resumes after the evaluations; the export finds the same adversarial examples again by the seed.
+    lines = []
+    report = pipeline.run(run_config, output_dir, pipeline.RunOptions(progress=False, log=lines.append))
+    self.assertTrue(any(line.startswith("[export]") for line in lines), lines)
+    artifacts = report["artifacts"]
+    self.assertEqual(set(artifacts), {"saved_model", "dense_float32", *tflite.TFLITE_VARIANTS})
+    for name in ("saved_model", "float32", "float32_sparse"):
+      self.assertEqual((artifacts[name]["benign_acc"], artifacts[name]["pgd_acc"], artifacts[name]["agreement"]),
+                       (report["pruned"]["benign_acc"], report["pruned"]["pgd_acc"], 1.0), name)
+    versions_dir = os.path.join(output_dir, "export", "saved_model", "cnn_small")
+    self.assertEqual(os.listdir(versions_dir), ["1"])
+    self.assertEqual(_read_json(os.path.join(output_dir, "report.json"))["artifacts"], artifacts)
+
+    lines = []
+    rerun = pipeline.run(run_config, output_dir, pipeline.RunOptions(progress=False, log=lines.append))
+    self.assertFalse(any(line.startswith("[export]") for line in lines), lines)
+    self.assertEqual(rerun, report)
+    self.assertEqual(os.listdir(versions_dir), ["1"])
+
+    lines = []
+    again = pipeline.export_existing_run(output_dir, pipeline.RunOptions(log=lines.append))
+    self.assertEqual(sorted(os.listdir(versions_dir)), ["1", "2"])
+    manifest = _read_json(os.path.join(output_dir, "export", "manifest.json"))
+    self.assertEqual(manifest["artifacts"]["saved_model"]["path"], os.path.join("saved_model", "cnn_small", "2"))
+    for name in again:
+      self.assertEqual((again[name]["benign_acc"], again[name]["pgd_acc"]),
+                       (artifacts[name]["benign_acc"], artifacts[name]["pgd_acc"]), name)
+    self.assertEqual(_read_json(os.path.join(output_dir, "report.json"))["artifacts"], again)
 
   def testUnwritableOutputDirectoryIsNamed(self):
     with self.assertRaisesRegex(OSError, "/proc/nope"):

@@ -20,6 +20,37 @@ from tfrobprune import models  # noqa: E402
 from tfrobprune.prune import wrapping  # noqa: E402
 
 
+def _weight_sources(flatbuffer):
+  """For each CONV_2D / FULLY_CONNECTED op, in graph order: (weight shape, whether it comes from a DENSIFY op, and
+  the stored values of the tensor that holds it: (count, sparse-encoded))."""
+  from ai_edge_litert import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
+
+  model = schema.Model.GetRootAsModel(flatbuffer, 0)
+  subgraph = model.Subgraphs(0)
+  ops = [subgraph.Operators(i) for i in range(subgraph.OperatorsLength())]
+
+  def code(op):
+    opcode = model.OperatorCodes(op.OpcodeIndex())
+    return max(opcode.BuiltinCode(), opcode.DeprecatedBuiltinCode())
+
+  densified = {op.Outputs(0): op.Inputs(0) for op in ops if code(op) == schema.BuiltinOperator.DENSIFY}
+  sources = []
+  for op in ops:
+    if code(op) in (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.FULLY_CONNECTED):
+      weight = op.Inputs(1)
+      stored = subgraph.Tensors(densified.get(weight, weight))
+      itemsize = 1 if stored.Type() == schema.TensorType.INT8 else 4
+      sources.append((tuple(subgraph.Tensors(weight).ShapeAsNumpy()), weight in densified,
+                      model.Buffers(stored.Buffer()).DataLength() // itemsize, stored.Sparsity() is not None))
+  return sources
+
+
+def _tflite_kernel(layer):
+  """The layer's kernel in TFLite's layout: [out, h, w, in] for convolutions, [out, in] for dense layers."""
+  kernel = layer.kernel.numpy()
+  return np.transpose(kernel, (3, 0, 1, 2)) if kernel.ndim == 4 else kernel.T
+
+
 class TFLiteTest(tf.test.TestCase, parameterized.TestCase):
   """A trained, pruned (80%) cnn_small converted once to every variant of `tflite.TFLITE_VARIANTS`."""
 
@@ -80,6 +111,24 @@ class TFLiteTest(tf.test.TestCase, parameterized.TestCase):
     self.assertLess(sizes["float32_sparse"], 0.5 * sizes["float32"])
     self.assertLess(sizes["int8_sparse"], 0.8 * sizes["int8_full"])
     self.assertLess(sizes["int8_sparse"], sizes["float32_sparse"])
+
+  @parameterized.named_parameters(("Float32", "float32_sparse"), ("Int8", "int8_sparse"))
+  def testSparseVariant_StoresEveryPrunedKernelSparseWithOnlyItsNonzeros(self, variant):
+    with open(self._tflite_path(variant), "rb") as handle:
+      sources = _weight_sources(handle.read())
+    kernels = [_tflite_kernel(layer) for layer in models.prunable_layers(self.model)]
+    self.assertLen(sources, len(kernels))
+    for (shape, from_densify, stored_values, sparse), kernel in zip(sources, kernels):
+      with self.subTest(shape=shape):
+        self.assertEqual(shape, kernel.shape)
+        self.assertTrue(from_densify and sparse)
+        self.assertEqual(stored_values, np.count_nonzero(kernel))  # the pruned zeros are not stored
+
+  def testDenseVariant_StoresEveryKernelDensely(self):
+    with open(self._tflite_path("float32"), "rb") as handle:
+      sources = _weight_sources(handle.read())
+    kernels = [_tflite_kernel(layer) for layer in models.prunable_layers(self.model)]
+    self.assertEqual(sources, [(kernel.shape, False, kernel.size, False) for kernel in kernels])
 
   def testInt8Sparse_NinetyPercentSparseCnnSmall28_IsTenTimesSmallerThanDenseFloat(self):
     dense = models.build_model(deploy_test_utils.MODEL_NAME, (28, 28, 1), deploy_test_utils.CLASSES, seed=0)

@@ -15,6 +15,16 @@ from tfrobprune.prune import magnitude  # noqa: E402
 from tfrobprune.prune import pruning_config  # noqa: E402
 from tfrobprune.prune import pruning_schedules  # noqa: E402
 from tfrobprune.prune import wrapping  # noqa: E402
+from tfrobprune.robust import objectives  # noqa: E402
+from tfrobprune.train import training  # noqa: E402
+
+
+def _batches(epoch, steps=4, batch=16):
+  """`steps` batches of random 12x12x1 images with 10 labels, different in each epoch."""
+  rng = np.random.default_rng(epoch)
+  x = rng.random((steps * batch,) + prune_test_utils.IMAGE_SHAPE, np.float32)
+  y = rng.integers(0, 10, steps * batch)
+  return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch, drop_remainder=True)
 
 
 class PruningStepDriverTest(tf.test.TestCase, parameterized.TestCase):
@@ -49,6 +59,43 @@ class PruningStepDriverTest(tf.test.TestCase, parameterized.TestCase):
     model = magnitude.prune_model(prune_test_utils.cnn_small(), pruning_config.PruningConfig(0.5, schedule="constant"))
     prune_test_utils.Loop(model, log_dir=log_dir).run(1).end_epoch()
     self.assertTrue(any(name.startswith("events") for name in os.listdir(log_dir)))
+
+
+class DriverWithTheRealTrainerTest(tf.test.TestCase, parameterized.TestCase):
+  """`training.train` with a robust objective: attack passes must not count, each optimizer step must."""
+
+  @parameterized.named_parameters(("Pgd", "pgd"), ("Trades", "trades"))
+  def testPruningStepEqualsOptimizerIterationsAfterEachEpoch_AndTheScheduleIsFollowed(self, objective_name):
+    config = pruning_config.PruningConfig(0.75, schedule="polynomial", begin_step=0, end_step=8, frequency=2)
+    model = magnitude.prune_model(prune_test_utils.cnn_small(), config)
+    objective = objectives.make_objective(objectives.ObjectiveConfig(name=objective_name, eps=0.1, pgd_steps=3), 10)
+    trainer = training.Trainer(model, objective,
+                               training.make_optimizer(training.TrainConfig(epochs=3, learning_rate=1e-3), 4))
+    driver = drivers.PruningStepDriver(model)
+    seen = []
+
+    def epoch_end(epoch, metrics):
+      del epoch, metrics
+      seen.append((int(trainer.optimizer.iterations.numpy()), prune_test_utils.pruning_steps(model),
+                   {name: float(np.mean(mask == 0)) for name, mask in prune_test_utils.masks(model).items()}))
+
+    training.train(trainer, _batches, 3, pruning_driver=driver, epoch_end_fn=epoch_end)
+    schedule = pruning_schedules.sparsity_schedule(config)
+    # 4 steps per epoch; masks update at steps 0, 2, 4, 6, 8, so after epochs 1 and 2 at steps 2 and 6.
+    expected_sparsity = [float(schedule(k + 1)[1]) for k in (2, 6, 8)]
+    self.assertEqual([iterations for iterations, _, _ in seen], [4, 8, 12])
+    for (iterations, steps, sparsities), sparsity in zip(seen, expected_sparsity):
+      self.assertEqual(set(steps.values()), {iterations})
+      for name, actual in sparsities.items():
+        self.assertAlmostEqual(actual, sparsity, delta=0.01, msg=f"{name} after {iterations} steps")
+    self.assertLess(expected_sparsity[0], expected_sparsity[1] - 0.1)  # the ramp is seen mid-way
+    self.assertAlmostEqual(expected_sparsity[-1], 0.75, places=5)
+    driver.finalize()
+    stripped = wrapping.strip(model)
+    self.assertEqual(set(prune_test_utils.masks(model)), {"conv1", "conv2", "fc1", "logits"})
+    for name in prune_test_utils.masks(model):
+      kernel = stripped.get_layer(name).kernel.numpy()
+      self.assertAlmostEqual(float(np.mean(kernel == 0)), 0.75, delta=0.01, msg=name)
 
 
 class ScheduledMaskDriverTest(tf.test.TestCase):

@@ -20,6 +20,28 @@ def _trained_model():
   return model, x.reshape(-1, 4, 4, 1)[:128], y[:128].astype(np.int64)
 
 
+def _start_dependent_problem():
+  """64 images of label 0 that PGD fools from about a quarter of its random starts, independently per start.
+
+  Logits (1, 100 * relu(x[0] - 0.55)) with x[0] = 0.5: the gradient is zero unless the start puts x[0] above 0.55
+  (probability 1/4 at eps 0.1), and from there the attack climbs past 0.56, where class 1 wins.
+  """
+  model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(1),
+                            keras.layers.ReLU(), keras.layers.Dense(2)])
+  model.layers[1].set_weights([np.eye(16, 1, dtype=np.float32), np.array([-0.55], np.float32)])
+  model.layers[3].set_weights([np.array([[0.0, 100.0]], np.float32), np.array([1.0, 0.0], np.float32)])
+  x = np.random.default_rng(0).random((64, 4, 4, 1)).astype(np.float32)
+  x[:, 0, 0, 0] = 0.5
+  return attacks.inference_fn(model), x, np.zeros(64, np.int64)
+
+
+def _seeded_restarts(model_fn, x, y, restarts, seed=(7, 0)):
+  """(x_adv, robust) as numpy arrays of PGD-5 at eps 0.1 with `restarts` starts from `seed`."""
+  x_adv, robust = attacks.pgd_with_restarts(model_fn, x, y, 0.1, 0.02, 5, restarts=restarts,
+                                            seed=tf.constant(seed, tf.int64))
+  return x_adv.numpy(), robust.numpy()
+
+
 class AttackTest(tf.test.TestCase, parameterized.TestCase):
 
   @classmethod
@@ -28,8 +50,11 @@ class AttackTest(tf.test.TestCase, parameterized.TestCase):
     cls.model, cls.x, cls.y = _trained_model()
     cls.model_fn = staticmethod(attacks.inference_fn(cls.model))
 
+  def _predictions(self, x):
+    return np.argmax(self.model(x, training=False), axis=1)
+
   def _accuracy(self, x):
-    return float(np.mean(np.argmax(self.model(x, training=False), axis=1) == self.y))
+    return float(np.mean(self._predictions(x) == self.y))
 
   def testModelIsAccurateOnCleanData(self):
     self.assertGreater(self._accuracy(self.x), 0.95)
@@ -68,12 +93,32 @@ class AttackTest(tf.test.TestCase, parameterized.TestCase):
     self.assertLessEqual(pgd_acc, fgsm_acc)
     self.assertLess(pgd_acc, self._accuracy(noise))
 
-  def testRestartsAreAtLeastAsStrongAsOneStartAndMarkRobustExamples(self):
-    x_adv, robust = attacks.pgd_with_restarts(self.model_fn, self.x, self.y, 0.1, 0.02, 10, restarts=3)
-    robust = robust.numpy()
-    predicted = np.argmax(self.model(x_adv, training=False), axis=1)
-    self.assertTrue(np.all(predicted[~robust] != self.y[~robust]))
-    self.assertLessEqual(robust.mean(), self._accuracy(attacks.pgd(self.model_fn, self.x, self.y, 0.1, 0.02, 10)) + 0.03)
+  def testSeededRestarts_AreExactlyTheUnionOfTheSeededSingleStarts(self):
+    model_fn, x, y = _start_dependent_problem()
+    _, robust = _seeded_restarts(model_fn, x, y, 6)
+    fooled_by = [np.argmax(model_fn(attacks.pgd(model_fn, x, y, 0.1, 0.02, 5, seed=tf.constant([7, r], tf.int64))),
+                           axis=1) != y for r in range(6)]
+    self.assertAllEqual(robust, ~np.any(fooled_by, axis=0))
+    # Each start fools about a quarter of the examples, and different ones: the comparison has something to find.
+    self.assertBetween(np.mean(fooled_by[0]), 0.1, 0.4)
+    self.assertLess(robust.sum(), np.sum(~fooled_by[0]) - 10)
+    self.assertAllEqual(_seeded_restarts(model_fn, x, y, 6)[1], robust)  # the same seed, the same verdicts
+
+  def testMoreRestartsNeverMakeAnExampleRobustAgain(self):
+    model_fn, x, y = _start_dependent_problem()
+    one, three, six = (_seeded_restarts(model_fn, x, y, restarts)[1] for restarts in (1, 3, 6))
+    # Restarts 0..k-1 are shared (seed + [0, r]), so each robust set contains the next one.
+    self.assertFalse(np.any(three & ~one))
+    self.assertFalse(np.any(six & ~three))
+    self.assertLess(six.sum(), three.sum())  # and the extra starts fool examples the first ones missed
+    self.assertLess(three.sum(), one.sum())
+
+  def testRestartAdversarialExamples_AreMisclassifiedExactlyWhereNotRobust(self):
+    x_adv, robust = _seeded_restarts(self.model_fn, self.x, self.y, 3)
+    self.assertBetween(robust.mean(), 0.05, 0.95)
+    self.assertAllEqual(self._predictions(x_adv) == self.y, robust)
+    self.assertAllEqual(x_adv[robust], self.x[robust])  # examples no start fooled keep their input
+    self.assertLessEqual(np.max(np.abs(x_adv - self.x)), 0.1 + 1e-6)
 
   def testTensorEpsilonInsideTfFunctionTracesOnce(self):
     fn = tf.function(lambda x, y, eps: attacks.pgd(self.model_fn, x, y, eps, eps / 4, 3))
