@@ -1,11 +1,23 @@
 """Tests for tfrobprune.models: every zoo model builds, maps [0, 1] images to logits and can be pruned/bounded."""
 
+import random
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
 from tfrobprune.keras_compat import keras, tf
 from tfrobprune import models
+
+
+def _draws_after_seeding(between=lambda: None):
+  """Python's, NumPy's and TensorFlow's next global random numbers after seeding them, with `between()` run after
+  the seeding: equal to a run with a no-op `between` if and only if `between` left the global state alone."""
+  random.seed(11)
+  np.random.seed(11)
+  tf.random.set_seed(11)
+  between()
+  return [random.random(), float(np.random.rand()), tf.random.uniform([2]).numpy().tolist()]
 
 
 class StandardizeTest(tf.test.TestCase):
@@ -49,6 +61,21 @@ class BuildModelTest(tf.test.TestCase, parameterized.TestCase):
     b = models.build_model("cnn_small", (28, 28, 1), 10, seed=3)
     for wa, wb in zip(a.get_weights(), b.get_weights()):
       self.assertAllEqual(wa, wb)
+
+  def testSeedsGiveDistinctReproducibleWeightsWithoutTouchingGlobalRandomState(self):
+    untouched = _draws_after_seeding()
+    for name, shape in (("cnn_small", (28, 28, 1)), ("wrn_28_4", (32, 32, 3))):
+      with self.subTest(model=name):
+        built = []
+        self.assertEqual(_draws_after_seeding(lambda: built.append(models.build_model(name, shape, 10, seed=3))),
+                         untouched)
+        again, other = models.build_model(name, shape, 10, seed=3), models.build_model(name, shape, 10, seed=4)
+        kernels = [[layer.kernel.numpy() for layer in models.prunable_layers(m)] for m in (built[0], again, other)]
+        for first, second, third in zip(*kernels):
+          self.assertAllEqual(first, second)
+          self.assertFalse(np.array_equal(first, third))
+        same_shape = [(a, b) for i, a in enumerate(kernels[0]) for b in kernels[0][i + 1:] if a.shape == b.shape]
+        self.assertFalse(any(np.array_equal(a, b) for a, b in same_shape))  # every kernel has its own seed
 
   def testUnknownModelNamesTheChoices(self):
     with self.assertRaisesRegex(ValueError, "Unknown model 'resnet9'.*cnn_small"):

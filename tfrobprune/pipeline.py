@@ -301,7 +301,31 @@ def _check_pruning_config(ctx):
 
 
 def _learned_masks(ctx, model, target, phase):
-  """HYDRA's criterion: masks whose scores were optimised with the fine-tuning objective, weights frozen."""
+  """HYDRA's criterion: masks whose scores were optimised with the fine-tuning objective, weights frozen.
+
+  Learned once per phase: the masks are saved beside the models, so a resumed phase loads them instead of learning
+  them again before it restores its checkpoint.
+  """
+  path = ctx.path("models", f"{phase}_masks.npz")
+  if os.path.exists(path):
+    ctx.log(f"[scores_{phase}] masks learned earlier; loading {path}.")
+    with np.load(path) as saved:
+      return {name: saved[name] for name in saved.files}
+  masks = _learn_masks(ctx, model, target, phase)
+  _save_masks(masks, path)
+  return masks
+
+
+def _save_masks(masks, path):
+  """Writes {layer name: mask} to `path` (.npz) atomically: a process killed while writing leaves no file."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
+  with open(tmp, "wb") as handle:
+    np.savez(handle, **masks)
+  os.replace(tmp, path)
+
+
+def _learn_masks(ctx, model, target, phase):
   config = ctx.config
   score_config = dataclasses.replace(config.scores, batch_size=config.finetune.batch_size,
                                      scope=config.pruning.scope, exclude_layers=config.pruning.exclude_layers)

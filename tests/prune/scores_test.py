@@ -1,7 +1,9 @@
 """Tests for tfrobprune.prune.scores: straight-through top-k, exact budgets, frozen score model, beats magnitude."""
 
 import dataclasses
+import gc
 import os
+import random
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -308,6 +310,38 @@ class LearnMasksTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(stats.layer_sparsity(pruned), {"conv1": 0.5, "conv2": 0.5, "fc1": 0.5, "logits": 0.5})
     x, _ = _images(4)
     self.assertAllClose(pruned(x), _masked_copy(model, runs[0])(x), atol=1e-5)
+
+  def testLeavesGlobalRandomStateAloneAndSeedsItsRandomLayers(self):
+
+    def draws_after_seeding(between=lambda: None):
+      random.seed(11)
+      np.random.seed(11)
+      tf.random.set_seed(11)
+      between()
+      return [random.random(), float(np.random.rand()), tf.random.uniform([2]).numpy().tolist()]
+
+    # Unseeded kernel initialisers and a Dropout layer: cloning or running them could draw from global state.
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(16, name="fc"),
+                              keras.layers.Dropout(0.5, name="dropout"), keras.layers.Dense(3, name="logits")])
+    config = scores.ScoreConfig(epochs=1, learning_rate=1.0)
+    untouched, runs = draws_after_seeding(), []
+    for seed in (5, 5, 6):
+      learn = lambda seed=seed: runs.append(scores.learn_masks(  # noqa: E731
+          model, _objective("natural"), _image_dataset_fn(), 0.5, config, seed=seed, log=_quiet))
+      self.assertEqual(draws_after_seeding(learn), untouched)
+    self.assertAllEqual(runs[0]["fc"], runs[1]["fc"])
+    self.assertFalse(np.array_equal(runs[0]["fc"], runs[2]["fc"]))  # the seed reaches the Dropout layer
+
+  def testOneObjectiveServingManyMaskUpdatesKeepsNoScoreModelAlive(self):
+    # Gradual scores: one objective, a new score model at every mask update (learned with PGD, whose attack
+    # function the objective caches per model).
+    model, objective = _cnn_small(), _objective("pgd")
+    config = scores.ScoreConfig(epochs=1, update_steps=2)
+    for update in range(3):
+      scores.learn_masks(model, objective, _image_dataset_fn(), 0.25 * (update + 1), config, log=_quiet)
+      gc.collect()
+      alive = [layer for layer in gc.get_objects() if isinstance(layer, scores.ScoredLayer)]
+      self.assertEmpty(alive, f"score layers alive after update {update + 1}")
 
   @parameterized.named_parameters(
       ("sparsity_one", {"sparsity": 1.0}, r"sparsity must be a number in \[0, 1\), got 1.0"),

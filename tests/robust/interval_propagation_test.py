@@ -8,6 +8,7 @@ from bounds_test_utils import (NUM_CLASSES, TOLERANCE, apply_per_example, make_d
                                             randomize, sample_box)
 from tfrobprune.keras_compat import keras, tf
 from tfrobprune import models
+from tfrobprune.robust import bound_registry
 from tfrobprune.robust import interval_propagation
 from tfrobprune.robust.intervals import IntervalBounds
 
@@ -44,6 +45,32 @@ class PropagateBoundsTest(tf.test.TestCase, parameterized.TestCase):
     expected = model(x, training=False)
     self.assertAllClose(box.lower, expected, atol=TOLERANCE, rtol=TOLERANCE)
     self.assertAllClose(box.upper, expected, atol=TOLERANCE, rtol=TOLERANCE)
+
+
+class NominalBatchStatisticsTest(tf.test.TestCase):
+
+  def testZeroWidthBoxUnderTheBatchStatisticsIsTheTrainingPass(self):
+    # wrn_28_4: functional, residual, pre-activation BatchNorm (each normalised after earlier ones).
+    model = randomize(models.build_model("wrn_28_4", (8, 8, 3), NUM_CLASSES, seed=0), 0)
+    x = make_data(model, 4)[0]
+    statistics = interval_propagation.nominal_batch_statistics(model, x)
+    self.assertLen(statistics, sum(isinstance(layer, layers.BatchNormalization) for layer in model.layers))
+    with bound_registry.batch_statistics(statistics):
+      box = interval_propagation.propagate_bounds(model, IntervalBounds.from_epsilon(x, 0.))
+    outside = interval_propagation.propagate_bounds(model, IntervalBounds.from_epsilon(x, 0.))
+    inference = model(x, training=False).numpy()
+    training = model(x, training=True).numpy()
+    self.assertGreater(np.abs(training - inference).max(), 0.1)  # the statistics make a difference here
+    self.assertAllClose(box.lower, training, atol=TOLERANCE, rtol=TOLERANCE)
+    self.assertAllClose(box.upper, training, atol=TOLERANCE, rtol=TOLERANCE)
+    self.assertAllClose(outside.lower, inference, atol=TOLERANCE, rtol=TOLERANCE)  # moving statistics outside
+
+  def testFrozenBatchNormAndModelsWithoutOneHaveNoBatchStatistics(self):
+    model = keras.Sequential([keras.Input((4,)), layers.Dense(3), layers.BatchNormalization(name="bn")])
+    self.assertLen(interval_propagation.nominal_batch_statistics(model, np.ones((2, 4), np.float32)), 1)
+    model.get_layer("bn").trainable = False  # Keras 2 runs a frozen BatchNorm in inference mode
+    self.assertEqual(interval_propagation.nominal_batch_statistics(model, np.ones((2, 4), np.float32)), {})
+    self.assertEqual(interval_propagation.nominal_batch_statistics(make_model("mlp"), np.ones((2, 8, 8, 1))), {})
 
 
 class SoundnessTest(tf.test.TestCase, parameterized.TestCase):

@@ -1,5 +1,8 @@
 """Tests for tfrobprune.robust.objectives: loss values on hand-checkable linear models, and the one-call-per-step rule."""
 
+import gc
+import weakref
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
@@ -137,6 +140,47 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
   def testConfigRejectsBadValues(self, match, **kwargs):
     with self.assertRaisesRegex(ValueError, match):
       objectives.ObjectiveConfig(**kwargs)
+
+  def testAttackFunctionsAreCachedPerModelAndReleasedWithIt(self):
+    objective = objectives.make_objective(self._config("pgd", pgd_steps=2), 2)
+    model = _linear_model([[0.0, -1.0], [0.0, 1.0]], [0.0, 0.05])
+    objective(model, self.x, self.y, 0)
+    model_fn = objective.inference_fn(model)
+    self.assertIs(objective.inference_fn(model), model_fn)  # built once per model
+    model_ref, model_fn_ref = weakref.ref(model), weakref.ref(model_fn)
+    stand_in = lambda x, target=model: target(x, training=False)  # noqa: E731
+    other = _linear_model([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0])
+    objective.attack_through(other, stand_in)
+    self.assertIs(objective.inference_fn(other), stand_in)
+    del model, model_fn, stand_in
+    gc.collect()
+    self.assertIsNotNone(model_ref(), "the stand-in of a live model keeps what it calls")
+    del other
+    gc.collect()
+    self.assertIsNone(model_ref())
+    self.assertIsNone(model_fn_ref())
+
+  @parameterized.parameters("ibp", "crown_ibp")
+  def testBoundsOfABatchNormModelAreOfTheNetworkTheTrainingPassRuns(self, name):
+    # Moving statistics far from this batch's: bounds by them would describe another network than the step trains.
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((1, 2, 1)), keras.layers.Flatten(), keras.layers.Dense(4),
+                              keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU(), keras.layers.Dense(2)])
+    model.get_layer("bn").set_weights([np.full(4, 1.5), np.full(4, 0.2), np.full(4, 3.0), np.full(4, 9.0)])
+    x = tf.constant(np.random.default_rng(0).uniform(size=(6, 1, 2, 1)), tf.float32)
+    y = tf.constant([0, 1, 0, 1, 1, 0], tf.int64)
+    objective = objectives.make_objective(self._config(name), 2)
+
+    def logit_margins(logits):  # logit_y - logit_j, the margins' value at eps 0
+      return tf.gather(logits, y, batch_dims=1)[:, None] - logits
+
+    at_zero = objective.margins(model, x, y, 0.0, 0)
+    inference = logit_margins(model(x, training=False))
+    training = logit_margins(model(x, training=True))
+    self.assertGreater(float(tf.reduce_max(tf.abs(training - inference))), 0.1)
+    self.assertAllClose(at_zero, training, atol=1e-5)
+    model.get_layer("bn").trainable = False  # frozen (as when scores are learned): inference mode, moving statistics
+    self.assertAllClose(objective.margins(model, x, y, 0.0, 0), logit_margins(model(x, training=True)), atol=1e-5)
 
   def testDefaultStepSizeFollowsMadry(self):
     self.assertAllClose(objectives.ObjectiveConfig(name="pgd", eps=0.1, pgd_steps=10).step_size, 0.025)

@@ -279,27 +279,31 @@ class MirroredTrainingTest(tf.test.TestCase):
 
 
 class _Workers:
-  """Two `tfrobprune train --distribute=multi_worker` processes on 127.0.0.1, one output directory each."""
+  """The processes of one multi-worker cluster on 127.0.0.1, worker i running `python <arguments[i]>`."""
 
-  def __init__(self, flags, output_dirs):
+  def __init__(self, arguments, output_dirs=()):
     self.output_dirs = output_dirs
-    hosts = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    hosts = [f"127.0.0.1:{port}" for port in _free_ports(len(arguments))]
     logs = tempfile.mkdtemp(prefix="worker-logs-")
     self.processes = []
-    for index, output_dir in enumerate(output_dirs):
+    for index, worker_arguments in enumerate(arguments):
       tf_config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
       env = dict(os.environ, TF_CONFIG=json.dumps(tf_config),
                  PYTHONPATH=_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
       # Files, not pipes: TensorFlow logs every collective, which would fill a pipe nobody reads yet.
       stdout = open(os.path.join(logs, f"worker{index}.out"), "w+")
       stderr = open(os.path.join(logs, f"worker{index}.err"), "w+")
-      command = [sys.executable, "-m", "tfrobprune.cli", "train", *flags, "--distribute=multi_worker",
-                 f"--output_dir={output_dir}"]
-      self.processes.append((subprocess.Popen(command, env=env, cwd=_ROOT, stdout=stdout, stderr=stderr),
-                             stdout, stderr))
+      self.processes.append((subprocess.Popen([sys.executable, *worker_arguments], env=env, cwd=_ROOT,
+                                              stdout=stdout, stderr=stderr), stdout, stderr))
+
+  @classmethod
+  def train(cls, flags, output_dirs):
+    """One `tfrobprune train --distribute=multi_worker` worker per output directory."""
+    return cls([["-m", "tfrobprune.cli", "train", *flags, "--distribute=multi_worker", f"--output_dir={output_dir}"]
+                for output_dir in output_dirs], output_dirs)
 
   def wait(self):
-    """[(exit code, stdout, stderr)] of both workers; a worker still running after the timeout is killed."""
+    """[(exit code, stdout, stderr)] of every worker; a worker still running after the timeout is killed."""
     results = []
     for process, stdout, stderr in self.processes:
       try:
@@ -310,6 +314,8 @@ class _Workers:
       stdout.seek(0)
       stderr.seek(0)
       results.append((process.returncode, stdout.read(), stderr.read()))
+      stdout.close()
+      stderr.close()
     return results
 
   def kill(self):
@@ -319,6 +325,39 @@ class _Workers:
         process.wait()
 
 
+# A worker of `AgreementOnThreeWorkersTest`: all workers agree on 7, then each offers its own value (argv[1]).
+_AGREEMENT_WORKER = """
+import sys
+from tfrobprune.train import distribute
+strategy = distribute.make_strategy("multi_worker")
+distribute.check_workers_agree(strategy, 7, "a value every worker holds")
+print("agreed on 7", flush=True)
+try:
+  distribute.check_workers_agree(strategy, int(sys.argv[1]), "the test's values")
+except ValueError as error:
+  print("refused:", error)
+else:
+  print("went on")
+"""
+
+
+class AgreementOnThreeWorkersTest(absltest.TestCase):
+
+  def testEveryWorkerRefusesWhenTheyDisagreeEvenTheOneHoldingTheMean(self):
+    # Worker 1 holds 2, the mean of 1, 2, 3: it must refuse with the others, or it goes on alone and hangs.
+    workers = _Workers([["-c", _AGREEMENT_WORKER, str(value)] for value in (1, 2, 3)])
+    try:
+      results = workers.wait()
+    finally:
+      workers.kill()
+    for index, (code, stdout, stderr) in enumerate(results):
+      with self.subTest(worker=index):
+        self.assertEqual(code, 0, f"{stdout}\n{stderr[-3000:]}")
+        self.assertIn("agreed on 7", stdout)
+        self.assertRegex(stdout, rf"refused: The workers disagree about the test's values \(this worker, "
+                         rf"worker:{index}, is one of 3 different states among 3 replicas\)")
+
+
 class PipelineUnderStrategiesTest(absltest.TestCase):
   """The tiny run of `_TINY` on one device, on two mirrored replicas, and on two workers of two processes."""
 
@@ -326,14 +365,14 @@ class PipelineUnderStrategiesTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     run_dir = tempfile.mkdtemp(prefix="multi-worker-")
-    cls.workers = _Workers(_TINY, [run_dir, run_dir])  # one shared output directory, as on a shared filesystem
+    cls.workers = _Workers.train(_TINY, [run_dir, run_dir])  # one shared output directory, as on a shared filesystem
     # The chief's directory holds a run with pre-training finished, the other worker's directory is empty.
     resumed_dir = tempfile.mkdtemp(prefix="resumed-")
     progress = {"config": json.loads(_config_from_flags(_TINY + ["--distribute=multi_worker"]).to_json()),
                 "completed": {"pretrain": {"history": []}}}
     with open(os.path.join(resumed_dir, checkpointing.PROGRESS_FILE), "w") as handle:
       json.dump(progress, handle)
-    cls.disagreeing_workers = _Workers(_TINY, [resumed_dir, tempfile.mkdtemp(prefix="empty-")])
+    cls.disagreeing_workers = _Workers.train(_TINY, [resumed_dir, tempfile.mkdtemp(prefix="empty-")])
     cls.config = _config_from_flags(_TINY)
     cls.reference = pipeline.run(cls.config, tempfile.mkdtemp(prefix="single-"), _QUIET)
 

@@ -241,15 +241,16 @@ class ScoreModel:
     names: the Dense/Conv2D layers to score, a subset of `models.prunable_layers(model)`.
     keep: scope 'layer': {name: number of kernel entries to keep}; scope 'global': the total number to keep.
     scope: 'layer' or 'global'.
+    seed: the seed of the clone's random layers (e.g. Dropout) that have none of their own.
 
   Attributes:
     model: the Keras score network (call it like the dense one).
     layers: {layer name: its `ScoredLayer`}, in layer order.
   """
 
-  def __init__(self, model, names, keep, scope="layer"):
+  def __init__(self, model, names, keep, scope="layer", seed=0):
     self.scope = scope
-    self.model = keras.models.clone_model(model, clone_function=lambda layer: _clone_layer(layer, set(names)))
+    self.model = keras.models.clone_model(model, clone_function=lambda layer: _clone_layer(layer, set(names), seed))
     originals = {layer.name: layer for layer in model.layers}
     self.layers = {}
     for layer in self.model.layers:
@@ -286,8 +287,16 @@ class ScoreModel:
     return {name: layer.mask.numpy() for name, layer in self.layers.items()}
 
 
-def _clone_layer(layer, names):
-  fresh = layer.__class__.from_config(layer.get_config())
+def _clone_layer(layer, names, seed):
+  """A fresh copy of `layer` that draws nothing from global random state: its weights are initialised to zeros
+  (the original's are copied in next) and a random layer without a seed of its own gets `seed`."""
+  config = layer.get_config()
+  for key in config:
+    if key.endswith("_initializer"):
+      config[key] = "zeros"
+  if "seed" in config and config["seed"] is None:
+    config["seed"] = seed
+  fresh = layer.__class__.from_config(config)
   return ScoredLayer(fresh) if layer.name in names else fresh
 
 
@@ -320,8 +329,9 @@ def learn_masks(model, objective, dataset_fn, sparsity, config, *, layer_targets
     layer_targets: scope 'layer' only: {layer name: sparsity in [0, 1)} for some or all scored layers; the others
       get `sparsity`. E.g. `global_allocation.global_magnitude_targets(model, sparsity)` for magnitude-derived
       budgets.
-    seed: seeds TensorFlow's global generator before the score steps (random layers such as Dropout); the masks
-      are otherwise a deterministic function of the model, the data order and the objective's own attack seed.
+    seed: the seed of the score network's random layers (such as Dropout) that have none; the masks are otherwise
+      a deterministic function of the model, the data order and the objective's own attack seed. Global random
+      state (Python's, NumPy's, TensorFlow's) is neither read nor reset.
     log: called with one line per epoch and a summary line (absl's `logging.info` by default).
 
   Returns:
@@ -356,8 +366,7 @@ def learn_masks(model, objective, dataset_fn, sparsity, config, *, layer_targets
     log(f"[scores] sparsity 0: every weight of {len(sizes)} layers kept, nothing to learn.")
     return {layer.name: np.ones(layer.kernel.shape, np.float32) for layer in prunable_layers(model)
             if layer.name in names}
-  tf.random.set_seed(seed)
-  score_model = ScoreModel(model, names, keep, scope)
+  score_model = ScoreModel(model, names, keep, scope, seed)
   magnitude_masks = score_model.masks()
   if config.epochs:
     _train_scores(score_model, objective, dataset_fn, config, magnitude_masks, log)

@@ -4,7 +4,13 @@ Interval propagation and CROWN-IBP both read one description of each layer: this
 few `bound_steps` (affine maps, ReLU, monotone maps, sums). Anything unsupported raises a `NotImplementedError`
 naming the layer. A tfmot pruned layer is its inner layer's steps with the kernel replaced by `kernel * mask`,
 whether or not tfmot has applied the mask yet. Layer classes defined elsewhere join with `register_layer`.
+
+BatchNormalization is an affine map by its moving statistics (inference), or, within `batch_statistics`, by the
+statistics of the training batch, as the training pass computes it (Gowal et al. bound the training network so).
 """
+
+import contextlib
+import threading
 
 from tfrobprune.keras_compat import keras, tf
 from tfrobprune.models import Standardize
@@ -14,7 +20,11 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 
 layers = keras.layers
 
-__all__ = ["register_layer", "layer_steps", "unsupported"]
+__all__ = ["register_layer", "layer_steps", "unsupported", "batch_statistics", "normalises_by_batch"]
+
+# {BatchNormalization layer: (mean, variance)} while `batch_statistics` is active; per thread, because a mirrored
+# strategy traces each replica's step in its own thread.
+_BATCH_STATISTICS = threading.local()
 
 
 def unsupported(layer, reason):
@@ -49,14 +59,38 @@ def _standardize_steps(layer):
   return [bound_steps.Affine(bound_steps.scale_linear(1. / layer.std, positive=True), -layer.mean / layer.std)]
 
 
+@contextlib.contextmanager
+def batch_statistics(statistics):
+  """Within the block, each BatchNormalization layer in `statistics` ({layer: (mean, variance)}) is bounded as the
+  affine map those statistics give (the batch's, in a training step), the others by their moving statistics.
+
+  The dict is read when a layer's steps are built, so entries added inside the block count from then on.
+  """
+  previous = getattr(_BATCH_STATISTICS, "current", None)
+  _BATCH_STATISTICS.current = statistics
+  try:
+    yield statistics
+  finally:
+    _BATCH_STATISTICS.current = previous
+
+
+def normalises_by_batch(layer):
+  """True for a BatchNormalization layer that a Keras 2 training pass normalises by the batch's statistics (a
+  frozen one, `trainable=False`, runs in inference mode)."""
+  return type(layer) is layers.BatchNormalization and layer.trainable
+
+
 def _batch_norm_steps(layer):
-  """Inference BatchNormalization: `x gamma / sqrt(var + epsilon) + (beta - mean gamma / sqrt(var + epsilon))`."""
+  """BatchNormalization: `x gamma / sqrt(var + epsilon) + (beta - mean gamma / sqrt(var + epsilon))`, with the
+  moving mean and variance, or the batch's within `batch_statistics`."""
   if list(layer.axis) != [layer.input_spec.ndim - 1]:
     raise unsupported(layer, f"BatchNormalization over axis {list(layer.axis)}; only the last axis is supported.")
-  scale = tf.math.rsqrt(layer.moving_variance + layer.epsilon)
+  statistics = getattr(_BATCH_STATISTICS, "current", None) or {}
+  mean, variance = statistics.get(layer, (layer.moving_mean, layer.moving_variance))
+  scale = tf.math.rsqrt(variance + layer.epsilon)
   if layer.scale:
     scale *= layer.gamma
-  shift = -layer.moving_mean * scale
+  shift = -mean * scale
   if layer.center:
     shift += layer.beta
   return [bound_steps.Affine(bound_steps.scale_linear(scale), shift)]

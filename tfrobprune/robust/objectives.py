@@ -11,10 +11,13 @@ Objectives: `natural`, `pgd` (Madry et al.), `trades` (Zhang et al. 2019), `ibp`
 """
 
 import dataclasses
+import weakref
 
 from tfrobprune.keras_compat import tf
 from tfrobprune.robust import attacks
+from tfrobprune.robust import bound_registry
 from tfrobprune.robust import crown_ibp
+from tfrobprune.robust import interval_propagation
 from tfrobprune.robust import margins as margins_lib
 from tfrobprune.robust import schedules
 
@@ -113,7 +116,9 @@ class Objective:
     self.config = config
     self.seed = seed
     self.epsilon = config.epsilon_schedule()
-    self._inference_fns = {}
+    # {model: its attack function}, weakly keyed: one objective serves many models (each mask update of gradual
+    # scores trains a new score model), and a model the caller dropped must take its functions with it.
+    self._inference_fns = weakref.WeakKeyDictionary()
 
   def attack_seed(self, step):
     """The stateless seed of the attack at `step`; replicas of a distributed step each get their own starts."""
@@ -123,19 +128,21 @@ class Objective:
     return tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64) + offset])
 
   def inference_fn(self, model):
-    """The attack's model function, built once per model so that cleverhans' inner tf.function is not retraced."""
-    key = id(model)
-    if key not in self._inference_fns:
-      self._inference_fns[key] = attacks.inference_fn(model)
-    return self._inference_fns[key]
+    """The attack's model function, built once per model so that cleverhans' inner tf.function is not retraced.
+
+    The function reaches the model through a weak proxy, so the cache entry does not keep its own key alive.
+    """
+    if model not in self._inference_fns:
+      self._inference_fns[model] = attacks.inference_fn(weakref.proxy(model))
+    return self._inference_fns[model]
 
   def attack_through(self, model, model_fn):
     """Makes the attacks on `model` call `model_fn` (images -> logits, inference mode) instead of the model itself.
 
     For a stand-in that computes what `model(x, training=False)` computes, e.g. the wrapper-free view of a pruned
-    model that `distribute.route_attacks_around_pruning_wrappers` sets up.
+    model that `distribute.route_attacks_around_pruning_wrappers` sets up. `model_fn` lives as long as `model`.
     """
-    self._inference_fns[id(model)] = model_fn
+    self._inference_fns[model] = model_fn
 
   def __call__(self, model, x, y, step):
     raise NotImplementedError
@@ -195,6 +202,8 @@ class IBPObjective(Objective):
 
   kappa goes from 1 to `1 - robust_weight` with the epsilon ramp (Gowal et al. use a final kappa of 0.5). With
   `crown_ibp`, the margins mix CROWN-IBP and IBP with beta going from 1 to `crown_beta_final` (Zhang et al. 2020).
+  The bounds are of the network the step trains: BatchNormalization layers normalise by the batch's statistics, as
+  in the clean training pass (Gowal et al.), not by their moving averages.
   """
 
   def __init__(self, config, num_classes, seed=0):
@@ -205,9 +214,10 @@ class IBPObjective(Objective):
     self.beta = schedules.Ramp(1.0, config.crown_beta_final, *ramp)
 
   def margins(self, model, x, y, eps, step):
-    if self.config.name == "crown_ibp":
-      return crown_ibp.crown_ibp_training_margins(model, x, y, eps, self.num_classes, self.beta(step))
-    return margins_lib.margin_bounds(model, x, y, eps, self.num_classes)
+    with bound_registry.batch_statistics(interval_propagation.nominal_batch_statistics(model, x)):
+      if self.config.name == "crown_ibp":
+        return crown_ibp.crown_ibp_training_margins(model, x, y, eps, self.num_classes, self.beta(step))
+      return margins_lib.margin_bounds(model, x, y, eps, self.num_classes)
 
   def __call__(self, model, x, y, step):
     eps = self.epsilon(step)

@@ -335,20 +335,22 @@ def check_workers_agree(strategy, fingerprint, what):
   """Raises on every worker unless all workers of a multi-worker run hold the same `fingerprint` (an int).
 
   Workers that disagree about where a run stands (one resuming, another starting afresh) would train different
-  weights, or run different numbers of steps and wait for each other forever; this compares them first. Each
-  worker compares its own value with the mean over workers, so with two workers both see a difference. A no-op
-  on a single worker.
+  weights, or run different numbers of steps and wait for each other forever; this compares them first. Every
+  worker gathers all workers' values and compares the smallest with the largest, so all of them reach the same
+  verdict (comparing one's own value with the mean would let a worker whose value is the mean go on alone and
+  hang). A no-op on a single worker.
 
   Raises:
     ValueError: the workers' fingerprints differ; `what` names what they describe.
   """
   if describe(strategy)["workers"] < 2:
     return
-  value = float(fingerprint % 2**31)
-  if _mean_over_replicas(strategy, value) != value:
-    raise ValueError(f"The workers disagree about {what} (this worker, {describe(strategy)['task']}, differs from "
-                     "the others). Start every worker with the same --output_dir contents (a shared filesystem), "
-                     "or --overwrite on all of them.")
+  values = _gather_over_replicas(strategy, float(fingerprint % 2**31))
+  if values.min() != values.max():
+    raise ValueError(f"The workers disagree about {what} (this worker, {describe(strategy)['task']}, is one of "
+                     f"{len(set(values.tolist()))} different states among {len(values)} replicas). Start every "
+                     "worker with the same --output_dir contents (a shared filesystem), or --overwrite on all of "
+                     "them.")
 
 
 def any_worker(strategy, flag):
@@ -363,6 +365,7 @@ def any_worker(strategy, flag):
 
 
 _MEAN_FNS = {}
+_GATHER_FNS = {}
 
 
 def _mean_over_replicas(strategy, value):
@@ -371,6 +374,17 @@ def _mean_over_replicas(strategy, value):
     _MEAN_FNS[strategy] = tf.function(lambda v: strategy.reduce(
         tf.distribute.ReduceOp.MEAN, strategy.run(lambda: tf.identity(v)), axis=None))
   return float(_MEAN_FNS[strategy](tf.constant(value, tf.float64)))
+
+
+def _gather_over_replicas(strategy, value):
+  """Every replica's copy (of every worker) of a number each worker gives, as a numpy array; a collective."""
+  if strategy not in _GATHER_FNS:
+
+    def gather(v):
+      return strategy.gather(strategy.run(lambda: tf.reshape(v, [1])), axis=0)
+
+    _GATHER_FNS[strategy] = tf.function(gather)
+  return _GATHER_FNS[strategy](tf.constant(value, tf.float64)).numpy()
 
 
 def remove_worker_directory(strategy, directory):
