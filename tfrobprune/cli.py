@@ -149,6 +149,12 @@ _GRPC_PORT = flags.DEFINE_integer("grpc_port", 8500, "serve: gRPC PredictionServ
                                   upper_bound=65535)
 _REST_PORT = flags.DEFINE_integer("rest_port", 8501, "serve: REST port.", lower_bound=0, upper_bound=65535)
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 256, "serve: largest batch a request may carry.", lower_bound=1)
+_REST_WORKERS = flags.DEFINE_integer("rest_workers", 16, "serve: REST connections served at once (a fixed pool of "
+                                     "threads).", lower_bound=1)
+_REST_QUEUE = flags.DEFINE_integer("rest_queue", 64, "serve: REST connections that may wait for a worker; more are "
+                                   "answered 503.", lower_bound=1)
+_REQUEST_TIMEOUT = flags.DEFINE_float("request_timeout", 30.0, "serve: seconds to read, parse and run one request "
+                                      "(slower ones get 408/504, gRPC DEADLINE_EXCEEDED).", lower_bound=0.001)
 _BENCH_RUNS = flags.DEFINE_integer("bench_runs", 200, "bench-tflite: timed invokes per artifact.", lower_bound=1)
 _BENCH_OUTPUT = flags.DEFINE_string("bench_output", None, "bench-tflite: also write the figures to this JSON file.")
 
@@ -333,7 +339,8 @@ def _serve():
                  "pip install 'tfrobprune[serve]'.")
   try:
     server.serve_forever(_EXPORT_DIR.value, _MODEL_NAME.value, host=_HOST.value, grpc_port=_GRPC_PORT.value,
-                          rest_port=_REST_PORT.value, max_batch=_MAX_BATCH.value)
+                          rest_port=_REST_PORT.value, max_batch=_MAX_BATCH.value, rest_workers=_REST_WORKERS.value,
+                          rest_queue=_REST_QUEUE.value, request_timeout=_REQUEST_TIMEOUT.value)
   except (ValueError, RuntimeError, OSError) as error:
     return _fail(str(error))
   return 0

@@ -5,6 +5,11 @@ Every request goes to a server on 127.0.0.1 (port 0) serving the tiny model of t
 
 import http.client
 import json
+import shutil
+import socket
+import tempfile
+import time
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -13,6 +18,8 @@ from hypothesis import strategies as st
 import numpy as np
 
 import testing_util
+from tfrobprune.deploy.serving import rest
+from tfrobprune.deploy.serving import server as serving
 from tfrobprune.deploy.serving import validation
 
 _MODEL = testing_util.MODEL
@@ -129,15 +136,57 @@ class RestTest(testing_util.ServerTestCase):
     self.assertIn("larger than the limit", answer["error"])
 
   @parameterized.named_parameters(
-      ("Chunked", "Transfer-Encoding: chunked\r\n", 411),
-      ("BadContentLength", "Content-Length: -5\r\n", 400),
+      ("Chunked", "Transfer-Encoding: chunked\r\n", 411, "Chunked"),
+      ("NegativeContentLength", "Content-Length: -5\r\n", 400, "Invalid Content-Length"),
+      ("SignedContentLength", "Content-Length: +2\r\n", 400, "Invalid Content-Length"),
+      ("ListContentLength", "Content-Length: 2, 2\r\n", 400, "Invalid Content-Length"),
+      ("NonAsciiDigits", "Content-Length: \uff12\r\n", 400, "Invalid Content-Length"),
+      ("DuplicateContentLength", "Content-Length: 2\r\nContent-Length: 2\r\n", 400, "more than once"),
+      ("ConflictingContentLength", "Content-Length: 2\r\ncontent-length: 9\r\n", 400, "more than once"),
+      ("DuplicateHost", "Host: a\r\n", 400, "host appears more than once"),
+      ("LengthAndChunked", "Content-Length: 2\r\nTransfer-Encoding: chunked\r\n", 400, "Both Content-Length"),
+      ("FoldedHeader", "Content-Type: application/json\r\n json\r\n", 400, "folded"),
+      ("SpaceBeforeColon", "Content-Length : 2\r\n", 400, "Malformed header line"),
+      ("LineWithoutColon", "Content-Length 2\r\n", 400, "Malformed header line"),
   )
-  def testRestPredict_BodyFraming_Rejected(self, header, status):
+  def testRestPredict_BadFramingHeaders_RejectedNamingTheProblem(self, header, status, message):
     got, answer = _raw_http(self.server.rest_port, (
-        f"POST /v1/models/{_MODEL}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n{header}Connection: close\r\n\r\n"
-    ).encode())
-    self.assertEqual(got, status)
-    self.assertIn("error", answer)
+        f"POST /v1/models/{_MODEL}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n{header}Connection: close\r\n\r\n{{}}"
+    ).encode("utf-8"))
+    self.assertEqual(got, status, answer)
+    self.assertIn(message, answer["error"])
+
+  @parameterized.named_parameters(
+      ("Binary", b"\x16\x03\x01\x02\x00\x01\xfc\x03\x03\r\n\r\n", "Bad request"),
+      ("Http09", b"GET /v1/models/tiny\r\n\r\n", "HTTP/0.9"),
+  )
+  def testRestRequest_BrokenRequestLine_400WithStatusLineAndJson(self, request, message):
+    status, answer = _raw_http(self.server.rest_port, request)
+    self.assertEqual(status, 400)
+    self.assertIn(message, answer["error"])
+
+  def testRestPredict_HugeBatchPartSent_RefusedWithoutWaitingForTheRest(self):
+    image = json.dumps([[[0.5]] * 4] * 4)
+    start = ('{"instances": [%s' % ",".join([image] * 20000)).encode()  # 2.4 MB of a body announced as 60 MB
+    with socket.create_connection(("127.0.0.1", self.server.rest_port), timeout=5) as sock:
+      sock.sendall(f"POST /v1/models/{_MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: {60 * 2**20}\r\n\r\n"
+                   .encode() + start)
+      answer = b""
+      while chunk := sock.recv(65536):  # A server waiting for the other 58 MB times this out.
+        answer += chunk
+    self.assertTrue(answer.startswith(b"HTTP/1.1 400"), answer)
+    self.assertIn(b"refused before parsing it", answer)
+
+  def testRestPredict_HugeBatch_RefusedBeforeTheBodyIsParsed(self):
+    image = json.dumps([[[0.5]] * 4] * 4)
+    body = '{"instances": [%s]}' % ",".join([image] * 20000)  # 20000 instances, max_batch 8: 2.4 MB, 320000 values
+    with mock.patch.object(rest, "_parse_predict_body", wraps=rest._parse_predict_body) as parse:
+      status, answer = _rest(self.server.rest_port, "POST", f"/v1/models/{_MODEL}:predict", body)
+      self.assertEqual(status, 400, answer)
+      self.assertIn("refused before parsing it", answer["error"])
+      parse.assert_not_called()
+      self.assertRestPredicts({"instances": [json.loads(image)] * _MAX_BATCH})  # A full batch is still parsed.
+      parse.assert_called_once()
 
   # --- Fuzzing: any body gets a success or a documented status, and the server lives on.
 
@@ -156,6 +205,122 @@ class RestTest(testing_util.ServerTestCase):
   def testZzAfterAllOtherTests_ServerStillAnswers(self):
     # Named to run last in this class (unittest runs methods in name order), after the fuzz test.
     self.assertServerStillAnswers()
+
+
+class RestLimitsTest(absltest.TestCase):
+  """A server with one REST worker, a queue of one and a 1 s request deadline, for clients that hold on to it."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    base = tempfile.mkdtemp()
+    cls.addClassCleanup(shutil.rmtree, base, ignore_errors=True)
+    testing_util.export(base, _MODEL, 1, seed=1)
+    cls.server = serving.ModelServer(base, _MODEL, max_batch=_MAX_BATCH, rest_workers=1, rest_queue=1,
+                                     request_timeout=1.0).start()
+    cls.addClassCleanup(cls.server.stop)
+    cls.httpd = cls.server._httpd  # pylint: disable=protected-access (its worker and queue counts)
+
+  def setUp(self):
+    super().setUp()
+    self.assertTrue(testing_util.wait_for(
+        lambda: self.httpd.busy == 0 and self.httpd.queued == 0 and self.httpd.pending_heads == 0))
+
+  def _connect(self):
+    sock = socket.create_connection(("127.0.0.1", self.server.rest_port), timeout=10)
+    self.addCleanup(sock.close)
+    return sock
+
+  def _hold_worker(self):
+    """A connection that sent its head and holds a worker waiting for the body it announced."""
+    sock = self._connect()
+    sock.sendall(f"POST /v1/models/{_MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".encode())
+    return sock
+
+  def _answer(self, sock):
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+      data += chunk
+    return data
+
+  def _predict_ok(self):
+    status, answer = _rest(self.server.rest_port, "POST", f"/v1/models/{_MODEL}:predict",
+                           {"instances": [[[[0.5]] * 4] * 4]})
+    self.assertEqual(status, 200, answer)
+
+  def testPoolAndQueueFull_NextConnectionAnswered503WithJsonError(self):
+    busy = self._hold_worker()
+    self.assertTrue(testing_util.wait_for(lambda: self.httpd.busy == 1))
+    waiting = self._hold_worker()
+    self.assertTrue(testing_util.wait_for(lambda: self.httpd.queued == 1))
+    status, answer = _rest(self.server.rest_port, "GET", f"/v1/models/{_MODEL}")
+    self.assertEqual(status, 503)
+    self.assertIn("overloaded", answer["error"])
+    busy.close()
+    waiting.close()
+    self.assertTrue(testing_util.wait_for(lambda: self.httpd.busy == 0 and self.httpd.queued == 0))
+    self._predict_ok()
+
+  def testConnectionQueuedPastItsDeadline_Answered503(self):
+    waiting = self._connect()  # Accepted first, so its deadline passes before the worker is free.
+    self.assertTrue(testing_util.wait_for(lambda: self.httpd.pending_heads == 1))
+    busy = self._hold_worker()  # Holds the one worker until its 1 s deadline.
+    self.assertTrue(testing_util.wait_for(lambda: self.httpd.busy == 1))
+    waiting.sendall(f"GET /v1/models/{_MODEL} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    answer = self._answer(waiting)
+    self.assertTrue(answer.startswith(b"HTTP/1.1 503"), answer)
+    self.assertIn(b"waited 1 s (the request deadline) for a REST worker", answer)
+    busy.close()
+    self._predict_ok()
+
+  def testSlowClient_OneByteAtATime_CutAtTheDeadlineWith408(self):
+    sock = self._connect()
+    request = f"POST /v1/models/{_MODEL}:predict HTTP/1.1\r\nHost: x\r\n".encode()
+    start = time.monotonic()
+    answer = b""
+    for byte in request:  # One byte every 0.2 s: each read is quick, the whole request is not.
+      try:
+        sock.sendall(bytes([byte]))
+      except OSError:
+        break
+      time.sleep(0.2)
+      if time.monotonic() - start > 1.5:
+        break
+    answer = self._answer(sock)
+    self.assertLess(time.monotonic() - start, 3.0)
+    self.assertTrue(answer.startswith(b"HTTP/1.1 408"), answer)
+    self.assertIn(b"Deadline of 1 s exceeded", answer)
+    self._predict_ok()
+
+  def testClientsSlowToSendTheirHead_HoldNoWorker(self):
+    slow = [self._connect() for _ in range(3)]
+    for sock in slow:
+      sock.sendall(b"POST /v1/mod")
+    self.assertTrue(testing_util.wait_for(lambda: self.httpd.pending_heads == 3))
+    start = time.monotonic()
+    self._predict_ok()
+    self.assertLess(time.monotonic() - start, 0.5)  # Not after the slow clients' 1 s deadline.
+    self.assertEqual(self.httpd.pending_heads, 3)  # Still waiting for their heads, on no worker.
+    for sock in slow:
+      self.assertTrue(self._answer(sock).startswith(b"HTTP/1.1 408"))
+
+  def testSlowBody_CutAtTheDeadline(self):
+    sock = self._connect()
+    sock.sendall(f"POST /v1/models/{_MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode())
+    start = time.monotonic()
+    answer = self._answer(sock)
+    self.assertLess(time.monotonic() - start, 3.0)
+    self.assertTrue(answer.startswith(b"HTTP/1.1 408"), answer)
+    self.assertIn(b"reading the request body", answer)
+
+  def testClientDisconnectsMidBody_WorkerFreedAtOnce(self):
+    sock = self._connect()
+    sock.sendall(f"POST /v1/models/{_MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode())
+    self.assertTrue(testing_util.wait_for(lambda: self.httpd.busy == 1))
+    sock.close()
+    self.assertTrue(testing_util.wait_for(lambda: self.httpd.busy == 0, timeout=0.5))
+    self._predict_ok()
 
 
 # --- Hypothesis strategies: valid requests with zero to two random mutations each, plus arbitrary JSON and bytes.

@@ -53,15 +53,48 @@ class _TinyModule(tf.Module):
 
   @tf.function(input_signature=[tf.TensorSpec([None, 4, 4, 1], tf.float32, name="images")])
   def serve(self, images):
+    return self.outputs(images)
+
+  def outputs(self, images):
     logits = self.model(images)
     return {"logits": logits, "probabilities": tf.nn.softmax(logits), "classes": tf.argmax(logits, axis=1)}
 
 
-def export(base, name, version, seed):
-  """Exports a tiny model as base/name/version, atomically (a '.tmp-' directory renamed); returns its path."""
+class _ScoresModule(_TinyModule):
+  """A signature other than the exports' (one output, 'scores'): it declares no [0, 1] range for its input."""
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 4, 4, 1], tf.float32, name="images")])
+  def serve(self, images):
+    return {"scores": self.model(images)}
+
+
+class _SlowModule(_TinyModule):
+  """The exports' signature, but each call first sleeps `sleep_s` seconds (in the graph, so it survives saving)."""
+
+  def __init__(self, seed, sleep_s):
+    super().__init__(seed)
+    self.sleep_us = int(sleep_s * 1e6 / 2)  # it sleeps before the one element and before the end of input
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 4, 4, 1], tf.float32, name="images")])
+  def serve(self, images):
+    # tf.data's test-only sleep transformation is the one TensorFlow op that waits without using a core.
+    from tensorflow.python.data.experimental.ops import testing  # pylint: disable=g-import-not-at-top
+    slept = tf.data.Dataset.range(1).apply(testing.sleep(self.sleep_us)).reduce(tf.constant(0, tf.int64),
+                                                                                 lambda total, x: total + x)
+    with tf.control_dependencies([slept]):
+      images = tf.identity(images)
+    return self.outputs(images)
+
+
+def export(base, name, version, seed, *, kind="tiny", sleep_s=0.0):
+  """Exports a tiny model as base/name/version, atomically (a '.tmp-' directory renamed); returns its path.
+
+  `kind` is 'tiny' (the exports' signature), 'scores' (another signature) or 'slow' ('tiny' sleeping `sleep_s`).
+  """
   model_dir = os.path.join(base, name)
   os.makedirs(model_dir, exist_ok=True)
-  module = _TinyModule(seed)
+  module = {"tiny": lambda: _TinyModule(seed), "scores": lambda: _ScoresModule(seed),
+            "slow": lambda: _SlowModule(seed, sleep_s)}[kind]()
   staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
   tf.saved_model.save(module, staging, signatures={"serving_default": module.serve})
   final = os.path.join(model_dir, str(version))

@@ -24,13 +24,13 @@ _SIGNATURE = signatures.Signature(function=None, inputs={"images": _SPEC},
 class ArrayFromJsonTest(parameterized.TestCase):
 
   def testValidImages_Float32ArrayOfTheirShape(self):
-    array = validation.array_from_json("images", [_IMAGE, _IMAGE], _SPEC, _MAX_BATCH)
+    array = validation.array_from_json("images", [_IMAGE, _IMAGE], _SPEC, _MAX_BATCH, pixels=True)
     self.assertEqual(array.dtype, np.float32)
     self.assertEqual(array.shape, (2, 4, 4, 1))
     np.testing.assert_array_equal(array, 0.5)
 
   def testJsonIntegers_AcceptedForAFloatInput(self):
-    array = validation.array_from_json("images", [[[[1]] * 4] * 4], _SPEC, _MAX_BATCH)
+    array = validation.array_from_json("images", [[[[1]] * 4] * 4], _SPEC, _MAX_BATCH, pixels=True)
     np.testing.assert_array_equal(array, np.ones((1, 4, 4, 1), np.float32))
 
   @parameterized.named_parameters(
@@ -47,9 +47,16 @@ class ArrayFromJsonTest(parameterized.TestCase):
   )
   def testBadValue_InvalidArgumentSayingWhy(self, value, message):
     with self.assertRaisesRegex(errors.ServingError, message) as caught:
-      validation.array_from_json("images", value, _SPEC, _MAX_BATCH)
+      validation.array_from_json("images", value, _SPEC, _MAX_BATCH, pixels=True)
     self.assertEqual(caught.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
     self.assertEqual(caught.exception.http_status, 400)
+
+
+  def testNotDeclaredPixels_OutOfRangeAndNaNPassedAsSent(self):
+    value = [[[[1.5]] * 4] * 3 + [[[float("nan")]] * 4]]
+    array = validation.array_from_json("images", value, _SPEC, _MAX_BATCH, pixels=False)
+    self.assertEqual(array[0, 0, 0, 0], 1.5)
+    self.assertTrue(np.isnan(array[0, 3, 0, 0]))
 
 
 class ArrayFromTensorProtoTest(absltest.TestCase):
@@ -57,12 +64,13 @@ class ArrayFromTensorProtoTest(absltest.TestCase):
   def testValidImages_SameArray(self):
     images = np.full((2, 4, 4, 1), 0.25, np.float32)
     proto = tf.make_tensor_proto(images)
-    np.testing.assert_array_equal(validation.array_from_tensor_proto("images", proto, _SPEC, _MAX_BATCH), images)
+    array = validation.array_from_tensor_proto("images", proto, _SPEC, _MAX_BATCH, pixels=True)
+    np.testing.assert_array_equal(array, images)
 
   def testDouble_InvalidArgumentNamingBothDtypes(self):
     proto = tf.make_tensor_proto(np.full((1, 4, 4, 1), 0.25, np.float64))
     with self.assertRaisesRegex(errors.ServingError, "Expects arg 'images' to be float32 but float64 is provided"):
-      validation.array_from_tensor_proto("images", proto, _SPEC, _MAX_BATCH)
+      validation.array_from_tensor_proto("images", proto, _SPEC, _MAX_BATCH, pixels=True)
 
   def testHugeShapeFilledByOneValue_RejectedBeforeAllocating(self):
     proto = tf.make_tensor_proto(np.float32(0.5))
@@ -70,13 +78,13 @@ class ArrayFromTensorProtoTest(absltest.TestCase):
     for size in (2**40, 4, 4, 1):
       proto.tensor_shape.dim.add(size=size)
     with self.assertRaisesRegex(errors.ServingError, r"has more than \d+ elements"):
-      validation.array_from_tensor_proto("images", proto, _SPEC, 2**41)
+      validation.array_from_tensor_proto("images", proto, _SPEC, 2**41, pixels=True)
 
   def testUnknownRank_InvalidArgument(self):
     proto = tf.make_tensor_proto(np.float32(0.5))
     proto.tensor_shape.unknown_rank = True
     with self.assertRaisesRegex(errors.ServingError, "unknown rank"):
-      validation.array_from_tensor_proto("images", proto, _SPEC, _MAX_BATCH)
+      validation.array_from_tensor_proto("images", proto, _SPEC, _MAX_BATCH, pixels=True)
 
 
 class NamesAndBatchTest(absltest.TestCase):

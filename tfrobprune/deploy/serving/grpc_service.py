@@ -8,8 +8,8 @@ import functools
 from absl import logging
 import grpc
 
+from tfrobprune.deploy.serving import deadlines
 from tfrobprune.deploy.serving import errors
-from tfrobprune.deploy.serving import signatures
 from tfrobprune.deploy.serving import validation
 from tfrobprune.deploy.serving import versions
 from tfrobprune.keras_compat import tf
@@ -22,9 +22,14 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 _Code = grpc.StatusCode
 
 
-def add_to_server(server, model, max_batch):
-  """Adds both services, serving `model` (a `versions.VersionedModel`) with batches of at most `max_batch`."""
-  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionServicer(model, max_batch), server)
+def add_to_server(server, model, max_batch, executor, request_timeout):
+  """Adds both services, serving `model` (a `versions.VersionedModel`) with batches of at most `max_batch`.
+
+  Predict runs the model on `executor` (an `execution.ModelExecutor`) within `request_timeout` seconds, or the
+  client's own deadline if that is sooner.
+  """
+  servicer = _PredictionServicer(model, max_batch, executor, request_timeout)
+  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
   model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelServicer(model), server)
 
 
@@ -34,8 +39,8 @@ def _model_spec_version(model_spec):
   return version, model_spec.version_label
 
 
-def _predict_proto(model, request, max_batch):
-  """Serves a `PredictRequest`; returns the `PredictResponse`.
+def _predict_proto(model, request, max_batch, executor, deadline):
+  """Serves a `PredictRequest` within `deadline`; returns the `PredictResponse`.
 
   Raises:
     ServingError: see the table in docs/serving.md.
@@ -44,9 +49,10 @@ def _predict_proto(model, request, max_batch):
   key, signature = servable.signature(request.model_spec.signature_name, _Code.FAILED_PRECONDITION)
   validation.check_input_names(request.inputs.keys(), signature)
   output_names = validation.output_names(signature, request.output_filter)
-  arrays = {name: validation.array_from_tensor_proto(name, proto, signature.inputs[name], max_batch)
+  arrays = {name: validation.array_from_tensor_proto(name, proto, signature.inputs[name], max_batch,
+                                                     pixels=name in signature.pixel_inputs)
             for name, proto in request.inputs.items()}
-  outputs = signatures.run_signature(signature, arrays, output_names)
+  outputs = executor.run(signature, arrays, output_names, deadline)
   response = predict_pb2.PredictResponse()
   response.model_spec.name = model.name
   response.model_spec.version.value = servable.version
@@ -76,13 +82,19 @@ def _grpc_method(method):
 class _PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
   """tensorflow.serving.PredictionService: Predict and GetModelMetadata."""
 
-  def __init__(self, model, max_batch):
+  def __init__(self, model, max_batch, executor, request_timeout):
     self._model = model
     self._max_batch = max_batch
+    self._executor = executor
+    self._request_timeout = request_timeout
 
   @_grpc_method
   def Predict(self, request, context):  # noqa: N802 (the gRPC method name)
-    return _predict_proto(self._model, request, self._max_batch)
+    client_timeout = context.time_remaining()
+    timeout = self._request_timeout if client_timeout is None else min(client_timeout, self._request_timeout)
+    if timeout <= 0:
+      raise errors.ServingError(_Code.DEADLINE_EXCEEDED, "The call's deadline passed before it was served.")
+    return _predict_proto(self._model, request, self._max_batch, self._executor, deadlines.Deadline(timeout))
 
   @_grpc_method
   def GetModelMetadata(self, request, context):  # noqa: N802

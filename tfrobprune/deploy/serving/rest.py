@@ -1,10 +1,14 @@
 """TF Serving's REST API on http.server: :predict in the row and columnar JSON formats, model status and metadata.
 
 Bodies, numbers and errors ({"error": "..."}) are formatted as TF Serving formats them; see docs/serving.md.
+Connections are served by a fixed pool of workers (`http_pool`); each request must be read, parsed and answered
+within one deadline (`deadlines`), its headers are parsed strictly (a framing header that is malformed, repeated
+or contradicted is refused), and a JSON body holding more values than its batch limit is refused before parsing.
 """
 
 import http
 import http.server
+import io
 import json
 import re
 import socket
@@ -15,7 +19,10 @@ from google.protobuf import json_format
 import grpc
 import numpy as np
 
+from tfrobprune.deploy.serving import deadlines
 from tfrobprune.deploy.serving import errors
+from tfrobprune.deploy.serving import http_pool
+from tfrobprune.deploy.serving import json_prescan
 from tfrobprune.deploy.serving import signatures
 from tfrobprune.deploy.serving import validation
 from tfrobprune.deploy.serving import versions
@@ -23,7 +30,11 @@ from tfrobprune.deploy.serving import versions
 # tensorflow_serving's protos import TensorFlow's, so they must follow keras_compat (imported by the modules above).
 from tensorflow_serving.apis import get_model_metadata_pb2  # noqa: I100
 
-_REST_SOCKET_TIMEOUT_S = 60
+_BODY_PIECE = 1 << 20  # bytes read at a time, each counted (json_prescan) before the next is read
+_MIN_WRITE_S = 1.0  # time to write an answer, even one to a request that used up its deadline
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
+# Headers that frame or route a request: each may appear once (a repeat is how requests are smuggled).
+_SINGLE_HEADERS = ("content-length", "transfer-encoding", "host", "content-type", "connection", "expect")
 _PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/([0-9]+)|/labels/([^/:]+))?:(\w+)", re.IGNORECASE)
 _STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:/versions/([0-9]+)|/labels/([^/:]+))?(?:/(metadata))?",
                           re.IGNORECASE)
@@ -130,20 +141,22 @@ def _json_outputs(outputs, row_format):
   return {"predictions": [{name: value[i] for name, value in values.items()} for i in range(batch)]}
 
 
-def _predict_json(model, name, version, label, body, max_batch):
-  """Serves the body of `POST /v1/models/<name>[/versions/<version>]:predict`; returns the response object.
+def _predict_json(servable, body, max_batch, executor, deadline):
+  """Serves the body of `POST /v1/models/<name>[/versions/<version>]:predict` on `servable` within `deadline`;
+  returns the response object.
 
   Raises:
     ServingError: see the table in docs/serving.md.
   """
   request, signature_name = _parse_predict_body(body)
-  servable = model.resolve(name, version, label)
+  deadline.check("parsing the request")
   _, signature = servable.signature(signature_name, _Code.INVALID_ARGUMENT)
   input_names = sorted(signature.inputs)
   row_format, values = _json_request_values(request, input_names)
-  arrays = {key: validation.array_from_json(key, value, signature.inputs[key], max_batch)
+  arrays = {key: validation.array_from_json(key, value, signature.inputs[key], max_batch,
+                                            pixels=key in signature.pixel_inputs)
             for key, value in values.items()}
-  outputs = signatures.run_signature(signature, arrays, sorted(signature.outputs))
+  outputs = executor.run(signature, arrays, sorted(signature.outputs), deadline)
   return _json_outputs(outputs, row_format == "row")
 
 
@@ -167,18 +180,92 @@ def _parse_version(text):
   return int(text)
 
 
-class _HttpServer(http.server.ThreadingHTTPServer):
-  """One thread per connection, serving `model` with batches of at most `max_batch`."""
-  daemon_threads = True
+def _header_problem(headers):
+  """Why a request's headers are refused (malformed, repeated or contradicting framing headers), or None."""
+  if headers.defects or headers.get_payload():
+    return "Malformed header line (expected 'Name: value')."
+  for name, value in headers.items():
+    if "\r" in value or "\n" in value:
+      return f"Header {errors.snippet(name)} is folded over several lines, which HTTP/1.1 no longer allows."
+  for name in _SINGLE_HEADERS:
+    if len(headers.get_all(name, ())) > 1:
+      return f"Header {name} appears more than once."
+  if "content-length" in headers and "transfer-encoding" in headers:
+    return "Both Content-Length and Transfer-Encoding are set; send Content-Length only."
+  length = headers.get("content-length")
+  if length is not None and not _CONTENT_LENGTH.fullmatch(length.strip(" \t")):
+    return f"Invalid Content-Length: {errors.snippet(length)}"
+  return None
+
+
+def _raw_json_response(status, message, extra_headers=""):
+  """The bytes of an answer {"error": message} sent before any handler runs (refused or timed-out connections)."""
+  body = json.dumps({"error": message}) + "\n"
+  return (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+          f"Content-Length: {len(body)}\r\n{extra_headers}Connection: close\r\n\r\n{body}").encode("utf-8")
+
+
+def _overload_response(workers, queue_size):
+  """The 503 answer to a connection refused because the pool and its queue are full."""
+  return _raw_json_response(503, f"The server is overloaded: all {workers} REST workers are busy and {queue_size} "
+                                 "connections wait for one; retry later.", "Retry-After: 1\r\n")
+
+
+class _HttpServer(http_pool.PooledHTTPServer):
+  """A pool of workers serving `model` with batches of at most `max_batch`, each request within
+  `request_timeout` seconds, the model run on `executor`."""
   model = None
   max_batch = None
+  executor = None
+  request_timeout = None
 
 
 class _RestHandler(http.server.BaseHTTPRequestHandler):
   """TF Serving's REST API on http.server: every request is answered with JSON, errors as {"error": "..."}."""
   protocol_version = "HTTP/1.1"
-  timeout = _REST_SOCKET_TIMEOUT_S
+  timeout = None  # Reads wait until the request's deadline instead (`deadlines.DeadlineSocketReader`).
   server_version = "tfrobprune-serve"
+  deadline = None
+
+  def setup(self):
+    super().setup()
+    self.rfile.close()  # http.server's reader, replaced by one that stops at the request's deadline
+    self._accepted_at, received = self.server.admission(self.request)
+    self._reader = deadlines.DeadlineSocketReader(self.connection, lambda: self.deadline, received)
+    self.rfile = io.BufferedReader(self._reader)
+
+  def handle_one_request(self):
+    """One request within its deadline; a client that started one but did not finish it in time gets 408.
+
+    The first request of a connection has its deadline counted from when the connection was accepted: one that
+    waited in the queue for all of it is answered 503 at once (overload), as if the queue had been full.
+    """
+    first = self.deadline is None
+    start = self._accepted_at if first else None
+    self.deadline = deadlines.Deadline(self.server.request_timeout, start)
+    self._answered = False
+    self.command, self.requestline, self.request_version = "", "", "HTTP/1.1"
+    if first and self.deadline.expired():
+      self.close_connection = True
+      self._send_json(503, {"error": f"The server is overloaded: this connection waited {self.deadline.seconds:g} s "
+                                     "(the request deadline) for a REST worker; retry later."})
+      return
+    read_before = self._reader.bytes_read
+    super().handle_one_request()  # http.server closes the connection on a read that timed out.
+    if not self._answered and self.deadline.expired() and self._reader.bytes_read > read_before:
+      self.close_connection = True
+      self._send_json(408, {"error": f"Deadline of {self.deadline.seconds:g} s exceeded while reading the request."})
+
+  def parse_request(self):
+    """http.server's parsing, then the strict header checks of `_header_problem` (400 and close on failure)."""
+    if not super().parse_request():
+      return False
+    problem = "HTTP/0.9 requests are not served." if self.request_version == "HTTP/0.9" else None
+    problem = problem or _header_problem(self.headers)
+    if problem:
+      self.send_error(400, problem)
+      return False
+    return True
 
   def do_GET(self):  # noqa: N802 (http.server's method names)
     self._handle()
@@ -189,32 +276,51 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
   do_PUT = do_DELETE = do_PATCH = do_POST
 
   def _handle(self):
+    self._body_read = False
     try:
-      status, payload = 200, self._dispatch(self._read_body())
+      status, payload = 200, self._dispatch()
     except errors.ServingError as error:
       status, payload = error.http_status, {"error": error.message}
-      if error.http_status in (411, 413):  # The body was not read: the connection cannot be reused.
-        self.close_connection = True
     except Exception as error:  # A bug here must cost one request, not the server.
       logging.exception("Internal error serving %s %s", self.command, self.path)
       status, payload = 500, {"error": f"{type(error).__name__}: {error}"}
+    if not self._body_read:  # The rest of the body would be taken for the next request: close instead.
+      self.close_connection = True
     self._send_json(status, payload)
 
-  def _read_body(self):
+  def _read_body(self, check_count=None):
+    """The request body, read a piece at a time; `check_count(values so far)` may refuse it part-read."""
     if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
       raise errors.ServingError(_Code.INVALID_ARGUMENT,
                                 "Chunked request bodies are not supported; send Content-Length.", http_status=411)
     length = self.headers.get("Content-Length")
     if length is None:
       return b""
-    if not length.strip().isdigit():
-      raise errors.invalid(f"Invalid Content-Length: {errors.snippet(length)}")
-    if int(length) > validation.MAX_REQUEST_BYTES:
-      raise errors.ServingError(_Code.RESOURCE_EXHAUSTED, f"Request body of {int(length)} bytes is larger than the "
+    length = int(length)  # _header_problem checked it.
+    if length > validation.MAX_REQUEST_BYTES:
+      raise errors.ServingError(_Code.RESOURCE_EXHAUSTED, f"Request body of {length} bytes is larger than the "
                                 f"limit of {validation.MAX_REQUEST_BYTES} bytes.", http_status=413)
-    return self.rfile.read(int(length))
+    pieces, received, counter = [], 0, json_prescan.ValueCounter()
+    while received < length:
+      piece = self._read_piece(min(length - received, _BODY_PIECE))
+      if not piece:  # The client closed its side early; it will not read an answer either.
+        raise errors.invalid(f"The body ended after {received} of its {length} bytes (Content-Length).")
+      pieces.append(piece)
+      received += len(piece)
+      if check_count is not None:
+        counter.feed(piece)
+        check_count(counter.count)
+    self._body_read = True
+    return b"".join(pieces)
 
-  def _dispatch(self, body):
+  def _read_piece(self, size):
+    try:
+      return self.rfile.read(size)
+    except OSError:  # TimeoutError at the deadline, or a connection reset.
+      raise errors.ServingError(_Code.DEADLINE_EXCEEDED, f"Deadline of {self.deadline.seconds:g} s exceeded while "
+                                "reading the request body.", http_status=408) from None
+
+  def _dispatch(self):
     path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
     if not path.lower().startswith("/v1/"):
       raise errors.ServingError(_Code.NOT_FOUND,
@@ -224,11 +330,20 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
       name, version, label, method = predict.groups()
       if method.lower() != "predict":
         raise errors.ServingError(_Code.UNIMPLEMENTED, f"Method :{method} is not served; this server serves :predict.")
-      return _predict_json(self.server.model, name, _parse_version(version), label, body, self.server.max_batch)
+      return self._predict(name, _parse_version(version), label)
+    self._read_body()
     status = _STATUS_PATH.fullmatch(path) if self.command == "GET" else None
     if status:
       return self._get_model(*status.groups())
     raise errors.invalid(f"Malformed request: {self.command} {errors.snippet(path)}")
+
+  def _predict(self, name, version, label):
+    """:predict; a body with more JSON values than `max_batch` instances hold is refused while it is read."""
+    servable = self.server.model.resolve(name, version, label)
+    per_instance = validation.values_per_instance(servable.signatures.values())
+    max_batch = self.server.max_batch
+    body = self._read_body(lambda count: validation.check_json_value_count(count, per_instance, max_batch))
+    return _predict_json(servable, body, max_batch, self.server.executor, self.deadline)
 
   def _get_model(self, name, version, label, metadata):
     if not name:
@@ -239,7 +354,9 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
 
   def _send_json(self, status, payload):
     body = (json.dumps(payload) + "\n").encode("utf-8")
+    self._answered = True
     try:
+      self.connection.settimeout(max(self.deadline.remaining(), _MIN_WRITE_S))
       self.send_response(status)
       self.send_header("Content-Type", "application/json")
       self.send_header("Content-Length", str(len(body)))
@@ -252,18 +369,36 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
       self.close_connection = True
 
   def send_error(self, code, message=None, explain=None):
-    """http.server's own errors (bad request line, unsupported method) as JSON too."""
+    """http.server's own errors (bad request line, unsupported method) as JSON too, with a status line even when
+    the request line was too broken to say which HTTP version it speaks."""
     self.close_connection = True
+    if self.request_version == "HTTP/0.9":  # http.server would write the body alone, as HTTP/0.9 does.
+      self.request_version = "HTTP/1.1"
     self._send_json(code, {"error": message or http.HTTPStatus(code).phrase})
 
   def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
     logging.vlog(1, "REST %s: " + format, self.address_string(), *args)
 
 
-def make_http_server(host, port, model, max_batch):
-  """An HTTP server bound to host:port (IPv4 or IPv6) answering the REST API for `model`; call serve_forever."""
+def make_http_server(host, port, model, max_batch, *, executor, workers, queue_size, request_timeout):
+  """An HTTP server bound to host:port (IPv4 or IPv6) answering the REST API for `model`; call serve_forever.
+
+  Args:
+    host, port: the address to bind.
+    model: the `versions.VersionedModel` to serve.
+    max_batch: the largest batch a request may carry.
+    executor: the `execution.ModelExecutor` that runs the model.
+    workers: the number of connections served at once.
+    queue_size: the number of accepted connections that may wait for a worker; more are answered 503.
+    request_timeout: seconds to read, parse and answer one request.
+  """
+  if not request_timeout > 0:
+    raise ValueError(f"request_timeout must be > 0 seconds, got {request_timeout!r}.")
   family = socket.AF_INET6 if ":" in host else socket.AF_INET
   server_class = type("_HttpServerForFamily", (_HttpServer,), {"address_family": family})
-  httpd = server_class((host, port), _RestHandler)
-  httpd.model, httpd.max_batch = model, max_batch
+  timeout_response = _raw_json_response(408, f"Deadline of {request_timeout:g} s exceeded while reading the request.")
+  httpd = server_class((host, port), _RestHandler, workers=workers, queue_size=queue_size,
+                       overload_response=_overload_response(workers, queue_size), head_timeout=request_timeout,
+                       timeout_response=timeout_response)
+  httpd.model, httpd.max_batch, httpd.executor, httpd.request_timeout = model, max_batch, executor, request_timeout
   return httpd

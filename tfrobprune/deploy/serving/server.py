@@ -6,6 +6,7 @@ error codes are documented in docs/serving.md.
 """
 
 import concurrent.futures
+import ipaddress
 import os
 import signal
 import threading
@@ -15,6 +16,7 @@ from absl import logging
 import grpc
 
 from tfrobprune.deploy.serving import errors
+from tfrobprune.deploy.serving import execution
 from tfrobprune.deploy.serving import grpc_service
 from tfrobprune.deploy.serving import rest
 from tfrobprune.deploy.serving import signatures
@@ -33,8 +35,13 @@ ServingError = errors.ServingError
 ModelLoadError = versions.ModelLoadError
 list_versions = versions.list_versions
 
+DEFAULT_REST_WORKERS = 16
+DEFAULT_REST_QUEUE = 64
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+
 _MAX_CONCURRENT_RPCS = 64
 _GRPC_WORKERS = 8
+_MODEL_WORKERS = 8  # threads running the model for both protocols (`execution.ModelExecutor`)
 _STOP_GRACE_S = 1.0
 
 
@@ -48,6 +55,21 @@ def _check_port(name, port):
     raise ValueError(f"{name} must be an integer port in [0, 65535] (0 picks a free port), got {port!r}.")
 
 
+def _check_positive_int(name, value):
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+
+
+def is_loopback(host):
+  """Whether binding `host` keeps the server on this machine: 'localhost' or a loopback address."""
+  if host.lower() == "localhost":
+    return True
+  try:
+    return ipaddress.ip_address(host.strip("[]")).is_loopback
+  except ValueError:  # A host name: it may resolve to any interface.
+    return False
+
+
 class ModelServer:
   """Serves EXPORT_BASE/<model_name>/ over TF Serving's gRPC and REST APIs (see docs/serving.md).
 
@@ -58,7 +80,8 @@ class ModelServer:
   """
 
   def __init__(self, base_path, model_name, *, host="127.0.0.1", grpc_port=0, rest_port=0, max_batch=256,
-               poll_seconds=1.0):
+               poll_seconds=1.0, rest_workers=DEFAULT_REST_WORKERS, rest_queue=DEFAULT_REST_QUEUE,
+               request_timeout=DEFAULT_REQUEST_TIMEOUT_S):
     """Checks the arguments; nothing is loaded or bound before `start`.
 
     Args:
@@ -69,6 +92,10 @@ class ModelServer:
       rest_port: the REST port; 0 picks a free one (see `rest_port` after `start`).
       max_batch: the largest batch (dimension 0) a request may send; larger ones get INVALID_ARGUMENT.
       poll_seconds: how often to look for a new version directory.
+      rest_workers: REST connections served at once, each by one thread of a fixed pool.
+      rest_queue: accepted REST connections that may wait for a worker; more are answered 503 at once.
+      request_timeout: seconds within which a request must be read, parsed and run (gRPC: or the client's deadline
+        if sooner); later ones get DEADLINE_EXCEEDED (REST: 408 while reading, 504 while running the model).
 
     Raises:
       ValueError: for an argument out of range or a model directory that does not exist.
@@ -88,11 +115,19 @@ class ModelServer:
       raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}.")
     if not poll_seconds > 0:
       raise ValueError(f"poll_seconds must be > 0, got {poll_seconds!r}.")
+    _check_positive_int("rest_workers", rest_workers)
+    _check_positive_int("rest_queue", rest_queue)
+    if isinstance(request_timeout, bool) or not isinstance(request_timeout, (int, float)) or not request_timeout > 0:
+      raise ValueError(f"request_timeout must be a number of seconds > 0, got {request_timeout!r}.")
     self._model = versions.VersionedModel(self.model_dir, model_name)
     self.host = host
     self.max_batch = max_batch
     self._requested_ports = (grpc_port, rest_port)
     self._poll_seconds = poll_seconds
+    self.rest_workers = rest_workers
+    self.rest_queue = rest_queue
+    self.request_timeout = float(request_timeout)
+    self._executor = None
     self.grpc_port = None
     self.rest_port = None
     self._grpc_server = None
@@ -128,6 +163,11 @@ class ModelServer:
     if self.version is None:
       logging.warning("No integer version directory under %s yet; answering NOT_FOUND until one appears.",
                       self.model_dir)
+    if not is_loopback(self.host):
+      logging.warning("Binding %s, which is not a loopback address: any host that can reach it can use this "
+                      "development server, which has no authentication or TLS. Bind 127.0.0.1 unless you mean to.",
+                      self.host)
+    self._executor = execution.ModelExecutor(_MODEL_WORKERS)
     try:
       self._start_grpc()
       self._start_rest()
@@ -144,7 +184,7 @@ class ModelServer:
         concurrent.futures.ThreadPoolExecutor(max_workers=_GRPC_WORKERS, thread_name_prefix="serve-grpc"),
         maximum_concurrent_rpcs=_MAX_CONCURRENT_RPCS,
         options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES), ("grpc.so_reuseport", 0)])
-    grpc_service.add_to_server(server, self._model, self.max_batch)
+    grpc_service.add_to_server(server, self._model, self.max_batch, self._executor, self.request_timeout)
     address = _bracketed(self.host)
     try:
       port = server.add_insecure_port(f"{address}:{self._requested_ports[0]}")
@@ -157,7 +197,9 @@ class ModelServer:
 
   def _start_rest(self):
     try:
-      self._httpd = rest.make_http_server(self.host, self._requested_ports[1], self._model, self.max_batch)
+      self._httpd = rest.make_http_server(self.host, self._requested_ports[1], self._model, self.max_batch,
+                                          executor=self._executor, workers=self.rest_workers,
+                                          queue_size=self.rest_queue, request_timeout=self.request_timeout)
     except OSError as error:
       raise RuntimeError(f"Cannot bind the REST port {self.host}:{self._requested_ports[1]}: {error}") from error
     self.rest_port = self._httpd.server_address[1]
@@ -189,6 +231,9 @@ class ModelServer:
     for thread in self._threads:
       thread.join(timeout=10)
     self._threads = []
+    if self._executor is not None:
+      self._executor.shutdown()
+      self._executor = None
 
   def __enter__(self):
     return self.start()
@@ -198,14 +243,15 @@ class ModelServer:
 
 
 def serve_forever(base_path, model_name, host="127.0.0.1", grpc_port=DEFAULT_GRPC_PORT,
-                  rest_port=DEFAULT_REST_PORT, max_batch=256, *, poll_seconds=1.0):
+                  rest_port=DEFAULT_REST_PORT, max_batch=256, *, poll_seconds=1.0, rest_workers=DEFAULT_REST_WORKERS,
+                  rest_queue=DEFAULT_REST_QUEUE, request_timeout=DEFAULT_REQUEST_TIMEOUT_S):
   """Runs a ModelServer until SIGINT or SIGTERM, then stops it cleanly; for `tfrobprune serve`.
 
   Prints the two addresses to stdout once serving. Must be called from the main thread (signal handlers).
 
   Args:
-    base_path, model_name, host, grpc_port, rest_port, max_batch, poll_seconds: as `ModelServer`; the default
-      ports are tensorflow_model_server's.
+    base_path, model_name, host, grpc_port, rest_port, max_batch, poll_seconds, rest_workers, rest_queue,
+      request_timeout: as `ModelServer`; the default ports are tensorflow_model_server's.
 
   Raises:
     ValueError, ModelLoadError, RuntimeError: as `ModelServer` and `ModelServer.start`.
@@ -220,7 +266,8 @@ def serve_forever(base_path, model_name, host="127.0.0.1", grpc_port=DEFAULT_GRP
   previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
   try:
     with ModelServer(base_path, model_name, host=host, grpc_port=grpc_port, rest_port=rest_port,
-                     max_batch=max_batch, poll_seconds=poll_seconds) as server:
+                     max_batch=max_batch, poll_seconds=poll_seconds, rest_workers=rest_workers,
+                     rest_queue=rest_queue, request_timeout=request_timeout) as server:
       print(f"Serving model {model_name!r} version {server.version} from {server.model_dir}\n"
             f"  gRPC: {_bracketed(host)}:{server.grpc_port}\n"
             f"  REST: http://{_bracketed(host)}:{server.rest_port}/v1/models/{model_name}", flush=True)

@@ -11,6 +11,7 @@ from google.protobuf import message_factory
 from google.protobuf import text_format
 import grpc
 
+from tfrobprune.deploy import saved_model
 from tfrobprune.deploy.serving import errors
 from tfrobprune.deploy.serving import validation
 from tfrobprune.keras_compat import tf
@@ -25,17 +26,34 @@ _Code = grpc.StatusCode
 _CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
+def _declared_pixel_inputs(key, inputs, outputs):
+  """The inputs that a signature declares as pixels in `validation.PIXEL_RANGE`.
+
+  The declaration is the exports' serving signature as `saved_model` writes it (and asserts in its graph):
+  `serving_default` taking one float32 input 'images' [None, H, W, C] ("raw pixels in [0, 1]") to exactly 'logits',
+  'probabilities' and 'classes'. Any other signature declares no range, so its inputs are passed on as sent.
+  """
+  if key != saved_model.SIGNATURE_KEY or set(outputs) != set(saved_model.OUTPUT_NAMES):
+    return frozenset()
+  spec = inputs.get(saved_model.INPUT_NAME)
+  if len(inputs) != 1 or spec is None or spec.dtype != tf.float32 or spec.shape.rank != 4:
+    return frozenset()
+  return frozenset([saved_model.INPUT_NAME])
+
+
 @dataclasses.dataclass(frozen=True)
 class Signature:
-  """One signature of a loaded SavedModel: its function and the specs of its named inputs and outputs."""
+  """A loaded signature: its function, its input and output specs, and the inputs it declares as [0, 1] pixels."""
   function: object
   inputs: dict
   outputs: dict
+  pixel_inputs: frozenset = frozenset()
 
   @classmethod
-  def from_function(cls, function):
+  def from_function(cls, key, function):
     _, inputs = function.structured_input_signature
-    return cls(function, dict(inputs), dict(function.structured_outputs))
+    inputs, outputs = dict(inputs), dict(function.structured_outputs)
+    return cls(function, inputs, outputs, _declared_pixel_inputs(key, inputs, outputs))
 
 
 def read_signature_defs(export_dir):

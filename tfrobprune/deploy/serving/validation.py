@@ -1,7 +1,8 @@
 """Request validation: each input checked against its TensorSpec before the model runs, from TensorProto or JSON.
 
-Dtype, rank, dimensions, batch size, size limit and the [0, 1] pixel range; the error codes are listed in
-docs/serving.md. Nothing a client sends may take the server down, so no hostile shape is ever allocated.
+Dtype, rank, dimensions, batch size, size limit, and the [0, 1] pixel range of the inputs whose signature declares
+it (`signatures.Signature.pixel_inputs`); the error codes are listed in docs/serving.md. Nothing a client sends may
+take the server down, so no hostile shape is ever allocated and no JSON body larger than its batch limit is parsed.
 """
 
 import grpc
@@ -14,6 +15,7 @@ MAX_REQUEST_BYTES = 64 * 1024 * 1024
 PIXEL_RANGE = (0.0, 1.0)
 
 _MAX_ELEMENTS = MAX_REQUEST_BYTES  # per input tensor; a TensorProto can repeat one value to fill any shape
+_JSON_VALUE_SLACK = 1024  # values allowed beyond max_batch full instances (signature_name, ...)
 _Code = grpc.StatusCode
 
 
@@ -41,13 +43,13 @@ def _check_shape(name, shape, spec, max_batch):
     raise errors.invalid(f"Task size {shape[0]} is larger than maximum input batch size {max_batch} (input '{name}').")
 
 
-def _check_values(name, array, spec):
-  """Checks that a floating input is finite and within `PIXEL_RANGE`.
+def _check_pixels(name, array, pixels):
+  """Checks that a pixel input (`pixels`: its signature declares the range) is finite and within `PIXEL_RANGE`.
 
   Raises:
     ServingError: INVALID_ARGUMENT naming the input and what was found.
   """
-  if not spec.dtype.is_floating or array.size == 0:
+  if not pixels or array.size == 0:
     return
   low, high = PIXEL_RANGE
   if not np.all(np.isfinite(array)):
@@ -87,8 +89,11 @@ def check_batch_sizes(arrays):
     raise errors.invalid(f"Inputs must have equal 0th-dimension (batch) sizes, got {sizes}.")
 
 
-def array_from_tensor_proto(name, proto, spec, max_batch):
+def array_from_tensor_proto(name, proto, spec, max_batch, *, pixels):
   """The checked numpy value of input `name`: dtype and shape first, so no hostile shape is ever allocated.
+
+  `pixels` says whether the signature declares the input as pixels in `PIXEL_RANGE` (then NaN, Inf and values
+  outside the range are refused before the model runs).
 
   Raises:
     ServingError: INVALID_ARGUMENT.
@@ -106,7 +111,7 @@ def array_from_tensor_proto(name, proto, spec, max_batch):
     array = tf.make_ndarray(proto)
   except Exception as error:  # numpy's ValueError/TypeError for content that does not fill the shape.
     raise errors.invalid(f"Input '{name}' is not a valid TensorProto: {type(error).__name__}: {error}") from None
-  _check_values(name, array, spec)
+  _check_pixels(name, array, pixels)
   return array
 
 
@@ -134,8 +139,8 @@ def _json_leaf_types(dtype):
   raise errors.ServingError(_Code.UNIMPLEMENTED, f"JSON inputs of type {dtype.name} are not supported by this server.")
 
 
-def array_from_json(name, value, spec, max_batch):
-  """The checked numpy value of input `name` from JSON (the batch dimension included).
+def array_from_json(name, value, spec, max_batch, *, pixels):
+  """The checked numpy value of input `name` from JSON (the batch dimension included); `pixels` as above.
 
   Raises:
     ServingError: INVALID_ARGUMENT for ragged lists, wrong JSON types, shapes or values.
@@ -148,9 +153,44 @@ def array_from_json(name, value, spec, max_batch):
       raise errors.invalid(f"JSON Value: {errors.snippet(leaf)} of input '{name}' is not of expected type: "
                            f"{spec.dtype.name}")
   try:
-    with np.errstate(all="ignore"):  # float32 overflow becomes Inf, which check_values reports.
+    with np.errstate(all="ignore"):  # float32 overflow becomes Inf.
       array = np.asarray(leaves, dtype=spec.dtype.as_numpy_dtype).reshape(shape)
   except (OverflowError, ValueError) as error:
     raise errors.invalid(f"Input '{name}' has a value out of range for {spec.dtype.name}: {error}") from None
-  _check_values(name, array, spec)
+  _check_pixels(name, array, pixels)
   return array
+
+
+def values_per_instance(signatures):
+  """The most values one instance (batch element) of any of `signatures` holds, or None if a shape is not fixed.
+
+  An instance of a signature holds one value per element of each input without its batch dimension.
+  """
+  largest = 0
+  for signature in signatures:
+    total = 0
+    for spec in signature.inputs.values():
+      dims = spec.shape.as_list() if spec.shape.rank is not None else [None]
+      if any(d is None for d in dims[1:]):
+        return None
+      total += int(np.prod(dims[1:], dtype=np.int64))
+    largest = max(largest, total)
+  return largest
+
+
+def check_json_value_count(count, per_instance, max_batch):
+  """Refuses a JSON body holding more values than `max_batch` instances of `per_instance` values, before parsing it.
+
+  `count` is `json_prescan.ValueCounter.count` (while the body is read, or once it is); `_JSON_VALUE_SLACK` leaves
+  room for the request's other fields.
+
+  Raises:
+    ServingError: INVALID_ARGUMENT, as for a batch larger than `max_batch`.
+  """
+  if per_instance is None:
+    return
+  limit = max_batch * per_instance + _JSON_VALUE_SLACK
+  if count > limit:
+    raise errors.invalid(f"The request holds at least {count} JSON values, more than a batch of at most {max_batch} "
+                         f"instances of {per_instance} values each (at most {limit} values with the other fields); "
+                         "it was refused before parsing it.")

@@ -62,7 +62,7 @@ def _load_servable(path, version):
   """
   try:
     loaded = tf.saved_model.load(path)
-    signatures = {key: signatures_lib.Signature.from_function(fn) for key, fn in loaded.signatures.items()}
+    signatures = {key: signatures_lib.Signature.from_function(key, fn) for key, fn in loaded.signatures.items()}
     signature_defs = signatures_lib.read_signature_defs(path)
   except Exception as error:  # Whatever TensorFlow raises for a broken or half-written directory.
     raise ModelLoadError(f"Cannot load the SavedModel in {path}: {type(error).__name__}: {error}") from error
