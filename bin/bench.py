@@ -1,6 +1,7 @@
 """bin/bench: the performance figures of the performance issue, measured in one process, printed and saved as JSON.
 
     bin/bench --output=bench.json [--model=cnn_small --batch_size=128 --pgd_steps=10]
+    bin/bench --autoattack_model=runs/pgd90/models/dense.keras   # AutoAttack on the reference's dense model
 
 Also a Bazel py_binary (//:bench).
 """
@@ -19,6 +20,7 @@ from tfrobprune import console  # pylint: disable=g-import-not-at-top,wrong-impo
 
 console.quiet_tensorflow(sys.argv)  # before TensorFlow's import; --verbosity=1 shows its log lines
 
+from tfrobprune.evaluate import autoattack_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tfrobprune import report  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tfrobprune.train import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -34,6 +36,13 @@ _MIN_SECONDS = flags.DEFINE_float("min_seconds", 0.5, "Shortest timed run (s); f
                                   lower_bound=0.0)
 _RSS_FLAGFILE = flags.DEFINE_string("rss_flagfile", "configs/smoke_synthetic.cfg",
                                     "Training run whose peak RSS is measured ('' to skip).")
+_AUTOATTACK_EXAMPLES = flags.DEFINE_integer("autoattack_examples", 1000, "Test examples of the autoattack_s_per_1k "
+                                            "figure (0 skips it).", lower_bound=0)
+_AUTOATTACK_MODEL = flags.DEFINE_string("autoattack_model", "", "Saved model (.keras) the AutoAttack figure attacks, "
+                                        "e.g. RUN/models/dense.keras of a reference run ('': PGD-train a cnn_small "
+                                        "on Fashion-MNIST for --autoattack_train_epochs).")
+_AUTOATTACK_TRAIN_EPOCHS = flags.DEFINE_integer("autoattack_train_epochs", 2, "PGD epochs of that model.",
+                                                lower_bound=1)
 
 
 def main(argv):
@@ -41,7 +50,11 @@ def main(argv):
   config = benchmark.BenchConfig(model=_MODEL.value, batch_size=_BATCH_SIZE.value, pgd_steps=_PGD_STEPS.value,
                                  steps=_STEPS.value, repeats=_REPEATS.value, min_seconds=_MIN_SECONDS.value,
                                  extra_models=tuple(_EXTRA_MODELS.value),
-                                 batch_sizes=tuple(int(b) for b in _BATCH_SIZES.value))
+                                 batch_sizes=tuple(int(b) for b in _BATCH_SIZES.value),
+                                 autoattack=autoattack_benchmark.AutoAttackBenchConfig(
+                                     examples=_AUTOATTACK_EXAMPLES.value, model_path=_AUTOATTACK_MODEL.value,
+                                     train_epochs=_AUTOATTACK_TRAIN_EPOCHS.value, pgd_steps=_PGD_STEPS.value)
+                                 if _AUTOATTACK_EXAMPLES.value else None)
   figures = benchmark.run_benchmark(config, log=print)
   if _RSS_FLAGFILE.value:
     with tempfile.TemporaryDirectory() as output_dir:

@@ -20,6 +20,7 @@ from absl.testing import flagsaver
 import numpy as np
 
 from tfrobprune import cli
+from tfrobprune import config as config_lib
 from tfrobprune import pipeline
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,8 +60,11 @@ def _get(url, body=None, timeout=30):
 
 
 def _report(output_dir):
+  """report.json without its `timing` (wall seconds differ between any two runs)."""
   with open(os.path.join(output_dir, "report.json")) as handle:
-    return json.load(handle)
+    report = json.load(handle)
+  report.pop("timing", None)
+  return report
 
 
 class ConfigFromFlagsTest(absltest.TestCase):
@@ -78,9 +82,11 @@ class ConfigFromFlagsTest(absltest.TestCase):
     self.assertEqual(config.finetune_objective.eps_ramp_steps, 0)  # fine-tuning starts at the full epsilon
 
   @flagsaver.flagsaver(objective="ibp", eps_ramp_epochs=2.0, batch_size=100, max_train_examples=1000)
-  def testRampEpochsBecomeStepsAndBoundObjectivesTurnOnCertification(self):
+  def testRampEpochsBecomeStepsOfTheLoadedDataAndBoundObjectivesTurnOnCertification(self):
     config = cli.config_from_flags()
-    self.assertEqual(config.pretrain_objective.eps_ramp_steps, 20)
+    self.assertEqual(config.pretrain_objective.eps_ramp_epochs, 2.0)  # steps only once the data is loaded
+    resolved = config_lib.with_epochs_in_steps(config, 1000)
+    self.assertEqual((resolved.pretrain_objective.eps_ramp_steps, resolved.pretrain_objective.eps_ramp_epochs), (20, 0))
     self.assertTrue(config.evaluation.verified)
 
 
@@ -111,6 +117,32 @@ class FlagfilesTest(absltest.TestCase):
     self.assertEqual((config.data.dataset, config.model), ("fashion_mnist", "cnn_small"))
     self.assertEqual((config.pretrain_objective.name, config.finetune_objective.name), ("pgd", "pgd"))
     self.assertEqual((config.pretrain_objective.eps, config.evaluation.eps, config.sparsities), (0.1, 0.1, (0.9,)))
+
+  def testNfgsmFlagfile_IsTheReferenceWithNfgsmInBothPhases(self):
+    def config_of(name):
+      with flagsaver.flagsaver():
+        cli.flags.FLAGS.unparse_flags()
+        cli.flags.FLAGS(["tfrobprune", f"--flagfile={os.path.join(_ROOT, 'configs', name)}"])
+        return cli.config_from_flags().to_dict()
+
+    reference, nfgsm = config_of("fmnist_pgd_s90.cfg"), config_of("fmnist_nfgsm_s90.cfg")
+    for phase in ("pretrain_objective", "finetune_objective"):
+      self.assertEqual((nfgsm[phase]["name"], nfgsm[phase]["nfgsm_noise"], nfgsm[phase]["pgd_step_size"]),
+                       ("nfgsm", 2.0, 0.0))  # 0: the method's step, eps
+      for config in (reference, nfgsm):
+        for field in ("name", "pgd_steps", "pgd_step_size"):
+          config[phase].pop(field)
+    self.assertEqual(nfgsm, reference)
+
+  def testChannelFlagfile_PrunesHalfTheChannelsOfTheReferenceSetting(self):
+    with flagsaver.flagsaver():
+      cli.flags.FLAGS.unparse_flags()
+      cli.flags.FLAGS(["tfrobprune", f"--flagfile={os.path.join(_ROOT, 'configs', 'fmnist_pgd_channels.cfg')}"])
+      config = cli.config_from_flags()
+    self.assertEqual((config.data.dataset, config.model, config.finetune_objective.eps), ("fashion_mnist",
+                                                                                          "cnn_small", 0.1))
+    self.assertEqual((config.prune_structure, config.channel_sparsity, config.channel_norm, config.sparsities),
+                     ("channels", 0.5, "l2", (0.0,)))
 
 
 class CommandLineTest(absltest.TestCase):
@@ -209,10 +241,13 @@ class CommandLineTest(absltest.TestCase):
   def testTrainWithExportThenExportServeAndBenchTflite(self):
     run_dir = self.create_tempdir().full_path
     with_export = [flag for flag in _TINY if flag != "--noexport"] + ["--export", "--pretrain_epochs=1",
-                                                                      "--finetune_epochs=1"]
+                                                                      "--finetune_epochs=1",
+                                                                      "--artifact_square_examples=8"]
     trained = _run(*with_export, f"--output_dir={run_dir}")
     self.assertEqual(trained.returncode, 0, trained.stderr)
     self.assertIn("saved_model", _report(run_dir)["artifacts"])
+    self.assertEqual(_report(run_dir)["artifacts"]["int8_full"]["square_examples"], 8)
+    self.assertEqual(sorted(_report(run_dir)["speed"]["savedmodel_batch128_ms"]), ["dense", "pruned"])
     versions_dir = os.path.join(run_dir, "export", "saved_model", "cnn_small")
     self.assertEqual(os.listdir(versions_dir), ["1"])
 
@@ -227,15 +262,22 @@ class CommandLineTest(absltest.TestCase):
     self.assertEqual(served, np.argmax(keras_model(images, training=False), axis=1).tolist())
 
     bench_json = os.path.join(self.create_tempdir().full_path, "bench.json")
-    bench = _run(f"--export_dir={os.path.join(run_dir, 'export')}", "--bench_runs=3", f"--bench_output={bench_json}",
-                 command="bench-tflite")
+    bench = _run(f"--export_dir={os.path.join(run_dir, 'export')}", "--bench_runs=3", "--bench_rounds=2",
+                 f"--bench_output={bench_json}", command="bench-tflite")
     self.assertEqual(bench.returncode, 0, bench.stderr)
     with open(bench_json) as handle:
-      benched = json.load(handle)["artifacts"]
+      benched = json.load(handle)
     tflite_files = sorted(name[:-len(".tflite")] for name in os.listdir(os.path.join(run_dir, "export", "tflite")))
-    self.assertEqual(sorted(benched), tflite_files)
+    self.assertEqual(sorted(benched["artifacts"]), tflite_files)
     for name in tflite_files:
       self.assertIn(f"| {name} |", bench.stdout)
+    # The export sits in a run, so the dense-vs-pruned table comes too; --run_dir shows the same.
+    self.assertEqual(benched["cost_and_speed"]["pruned"]["macs"], _report(run_dir)["pruned"]["macs"])
+    by_run = _run(f"--run_dir={run_dir}", "--bench_runs=2", "--bench_rounds=2", command="bench-tflite")
+    self.assertEqual(by_run.returncode, 0, by_run.stderr)
+    for output in (bench.stdout, by_run.stdout):
+      self.assertRegex(output, r"\| MACs per example \| [0-9,]+ \| [0-9,]+ \| [0-9.]+x \|")
+      self.assertIn("| SavedModel serving_default, batch 128 (ms) |", output)
 
   def _predict_with_served_model(self, export_dir, images):
     """Starts `tfrobprune serve` on free loopback ports, makes one REST Predict call, stops it with SIGTERM; returns

@@ -118,5 +118,17 @@ class EpochProgressBarsTest(absltest.TestCase):
     bar.update(12, values=[("loss", 0.5)])  # the training loop's call
 
 
+class EvaluationProgressBarsTest(absltest.TestCase):
+
+  def testPrintsModelAttackAndExamplesAndShowsTheCurrentRobustAccuracy(self):
+    stream = io.StringIO()
+    bar = console.EvaluationProgressBars(stream)("s0.9", "apgd-t", 700)
+    self.assertEqual(stream.getvalue(), "[evaluate s0.9] apgd-t: 700 examples\n")
+    self.assertEqual(bar.target, 700)
+    bar.update(500, values=[("robust_acc", 0.7)])  # the evaluation's calls
+    bar.update(700, values=[("robust_acc", 0.6)])
+    self.assertEqual(bar._values["robust_acc"], [0.6, 1])  # pylint: disable=protected-access  (the latest, no mean)
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -121,6 +121,13 @@ class PipelineTest(absltest.TestCase):
     self.assertAlmostEqual(report["ratios"]["benign"], report["pruned"]["benign_acc"] / report["dense"]["benign_acc"])
     self.assertEqual(result["ratios"], report["ratios"])
     self.assertIn("| pruned |", open(os.path.join(output_dir, "report.md")).read())
+    timing = report["timing"]
+    self.assertEqual(timing["order"], ["pretrain", "evaluate_dense", "pruning_s0.8", "finetune_s0.8", "evaluate_s0.8"])
+    self.assertEqual(sorted(timing["seconds"]), sorted(timing["order"]))
+    self.assertAlmostEqual(timing["training_seconds"], timing["seconds"]["pretrain"] +
+                           timing["seconds"]["finetune_s0.8"], places=2)
+    self.assertIn("## Wall time", open(os.path.join(output_dir, "report.md")).read())
+    self.assertEqual(report["overfitting"], [])
     self.assertTrue(os.path.exists(os.path.join(output_dir, "layer_sparsity.png")))
     self.assertNotEmpty(os.listdir(os.path.join(output_dir, "tensorboard")))
 
@@ -157,7 +164,8 @@ class PipelineTest(absltest.TestCase):
     with self.assertRaises(training.TrainingInterrupted):
       pipeline.run(config, output_dir, stop_in_finetune)
     resumed = pipeline.run(config, output_dir, _QUIET)
-    self.assertEqual(resumed, reference)
+    self.assertEqual(dict(resumed, timing=None), dict(reference, timing=None))  # wall seconds differ
+    self.assertEqual(resumed["timing"]["seconds"].keys(), reference["timing"]["seconds"].keys())
 
   def testScoreCriterionPrunesToTheTargetAndIsReported(self):
     config = _config(prune_criterion="scores", scores=scores.ScoreConfig(epochs=1))
@@ -167,6 +175,27 @@ class PipelineTest(absltest.TestCase):
     self.assertAlmostEqual(report["pruned"]["sparsity"], 0.8, delta=0.01)
     reevaluated = _reevaluated(output_dir, config, "finetune_s0.8")
     self.assertEqual({key: report["pruned"][key] for key in reevaluated}, reevaluated)
+
+  def testChannelStructure_ShrinksTheModelPrunesOnTopReportsMacsAndResumes(self):
+    config = _config(prune_structure="channels", channel_sparsity=0.5, sparsities=(0.0, 0.5),
+                     pruning=pruning_config.PruningConfig(target_sparsity=0.5, scope="layer", frequency=2))
+    output_dir = self.create_tempdir().full_path
+    report = pipeline.run(config, output_dir, _QUIET)
+    channels_only, on_top = report["sweep"]
+    self.assertEqual(channels_only["channel_sparsity"], {"conv1": 0.5, "conv2": 0.5, "fc1": 0.5, "logits": 0.0})
+    self.assertLess(channels_only["macs"], report["dense"]["macs"] / 3)
+    self.assertLess(channels_only["params"], report["dense"]["params"] / 3)
+    # --sparsity prunes the shrunken model's weights: same shapes (and MACs), half of their kernels zero.
+    self.assertEqual((on_top["macs"], on_top["params"]), (channels_only["macs"], channels_only["params"]))
+    self.assertAlmostEqual(on_top["sparsity"], 0.5, delta=0.01)
+    shrunken = pipeline.load_model(os.path.join(output_dir, "models", "channels_c0.5.keras"))
+    self.assertEqual((shrunken.get_layer("conv2").filters, shrunken.get_layer("logits").units), (16, 10))
+    reevaluated = _reevaluated(output_dir, config, "channels_c0.5")
+    self.assertEqual({key: channels_only[key] for key in reevaluated}, reevaluated)
+    self.assertIn("| conv2 | 50.00% |", open(os.path.join(output_dir, "report.md")).read())
+    lines = []
+    self.assertEqual(pipeline.run(config, output_dir, pipeline.RunOptions(progress=False, log=lines.append)), report)
+    self.assertIn("[channels_c0.5] finished earlier; loading its model.", lines)
 
   def testGradualScoreScheduleRelearnsTheMaskAtEachTurnUpToTheTarget(self):
     lines = []
@@ -183,7 +212,8 @@ class PipelineTest(absltest.TestCase):
   def testExportResumesAfterAFailureIsNotRedoneOnRerunAndExportExistingRunAddsAVersion(self):
     output_dir = self.create_tempdir().full_path
     run_config = _config(export=True, pretrain=training.TrainConfig(epochs=1, batch_size=64, learning_rate=3e-3),
-                         finetune=training.TrainConfig(epochs=1, batch_size=64, learning_rate=1e-3))
+                         finetune=training.TrainConfig(epochs=1, batch_size=64, learning_rate=1e-3),
+                         artifact_square_examples=16)
     with mock.patch.object(pipeline.export, "export_all", side_effect=RuntimeError("export killed")):
       with self.assertRaisesRegex(RuntimeError, "export killed"):
         pipeline.run(run_config, output_dir, _QUIET)
@@ -194,8 +224,11 @@ class PipelineTest(absltest.TestCase):
     artifacts = report["artifacts"]
     self.assertEqual(set(artifacts), {"saved_model", "dense_float32", *tflite.TFLITE_VARIANTS})
     for name in ("saved_model", "float32", "float32_sparse"):
-      self.assertEqual((artifacts[name]["benign_acc"], artifacts[name]["pgd_acc"], artifacts[name]["agreement"]),
+      self.assertEqual((artifacts[name]["benign_acc"], artifacts[name]["transfer_pgd_acc"],
+                        artifacts[name]["agreement"]),
                        (report["pruned"]["benign_acc"], report["pruned"]["pgd_acc"], 1.0), name)
+    self.assertEqual([artifacts[name].get("square_examples") for name in sorted(artifacts)],
+                     [None if name == "saved_model" else 16 for name in sorted(artifacts)])
     versions_dir = os.path.join(output_dir, "export", "saved_model", "cnn_small")
     self.assertEqual(os.listdir(versions_dir), ["1"])
     self.assertEqual(_read_json(os.path.join(output_dir, "report.json"))["artifacts"], artifacts)
@@ -212,8 +245,9 @@ class PipelineTest(absltest.TestCase):
     manifest = _read_json(os.path.join(output_dir, "export", "manifest.json"))
     self.assertEqual(manifest["artifacts"]["saved_model"]["path"], os.path.join("saved_model", "cnn_small", "2"))
     for name in again:
-      self.assertEqual((again[name]["benign_acc"], again[name]["pgd_acc"]),
-                       (artifacts[name]["benign_acc"], artifacts[name]["pgd_acc"]), name)
+      self.assertEqual((again[name]["benign_acc"], again[name]["transfer_pgd_acc"], again[name].get("square_acc")),
+                       (artifacts[name]["benign_acc"], artifacts[name]["transfer_pgd_acc"],
+                        artifacts[name].get("square_acc")), name)
     self.assertEqual(_read_json(os.path.join(output_dir, "report.json"))["artifacts"], again)
 
   def testUnwritableOutputDirectoryIsNamed(self):

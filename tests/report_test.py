@@ -38,6 +38,42 @@ class ReportTest(absltest.TestCase):
     self.assertIn("| fc1 | 90.00% |", text)
     self.assertNotIn("Sparsity sweep", text)
 
+  def testMarkdownArtifactsTable_NamesTheTransferFigureAndTheFilesOwnSquareAccuracy(self):
+    exported = dict(_report(), artifacts={
+        "saved_model": {"bytes": 2000, "benign_acc": 0.71, "transfer_pgd_acc": 0.41, "agreement": 1.0},
+        "int8_full": {"bytes": 500, "benign_acc": 0.7, "square_acc": 0.38, "transfer_pgd_acc": 0.42,
+                      "agreement": 0.98, "pgd_ties": 0.02},
+        "recorded_before": {"bytes": 700, "benign_acc": 0.7, "pgd_acc": 0.4, "agreement": 0.99}})
+    text = report.markdown(exported)
+    self.assertIn("| artifact | bytes | benign | square (on the file) | transfer pgd (Keras adv.) |", text)
+    self.assertIn("| saved_model | 2,000 | 71.00% | - | 41.00% | 100.00% | - |", text)
+    self.assertIn("| int8_full | 500 | 70.00% | 38.00% | 42.00% | 98.00% | 2.00% |", text)
+    self.assertIn("| recorded_before | 700 | 70.00% | - | 40.00% | 99.00% | - |", text)
+
+  def testMarkdownHasTheCostAndSpeedTableOnlyWithMacsOrSpeed(self):
+    self.assertNotIn("Cost and speed", report.markdown(_report()))
+    measured = _report()
+    measured["dense"] = dict(measured["dense"], macs=600000)
+    measured["pruned"] = dict(measured["pruned"], macs=150000)
+    measured["speed"] = {"tflite_batch1_ms": {"dense": 0.03, "pruned": 0.01},
+                         "savedmodel_batch128_ms": {"dense": 4.0, "pruned": 1.6},
+                         "tflite_runtime": {"dense": "xnnpack", "pruned": "xnnpack"}, "rounds": 20}
+    text = report.markdown(measured)
+    self.assertIn("## Cost and speed (dense vs pruned)", text)
+    self.assertIn("| MACs per example | 600,000 | 150,000 | 4.00x |", text)
+    self.assertIn("| TFLite float32, batch 1, XNNPACK 1 thread (ms) | 0.030 | 0.010 | 3.00x |", text)
+    self.assertIn("| SavedModel serving_default, batch 128 (ms) | 4.000 | 1.600 | 2.50x |", text)
+    self.assertIn("medians of 20 interleaved rounds", text)
+    self.assertEqual(report.speed_table({"dense": {"macs": 10}, "pruned": {"macs": 5}}).count("\n"), 3)
+
+  def testMarkdownHasTheRemovedChannelsTableOnlyForChannelPruning(self):
+    self.assertNotIn("Channels removed", report.markdown(_report()))
+    channel_pruned = _report()
+    channel_pruned["pruned"] = dict(channel_pruned["pruned"], channel_sparsity={"fc1": 0.5, "logits": 0.0})
+    text = report.markdown(channel_pruned)
+    self.assertIn("## Channels removed (pruned model, `--prune_structure=channels`)", text)
+    self.assertIn("| fc1 | 50.00% |\n| logits | 0.00% |", text)
+
   def testMarkdownWarnsAboutAnUnfairSubsetAtTheTopAndOnlyThen(self):
     self.assertNotIn("Warning", report.markdown(_report()))
     warned = dict(_report(), warnings=["The evaluated test examples hold no example of class(es) 2, which the "

@@ -5,13 +5,17 @@
 Commands:
   train          the whole pipeline (resumes a run in the same --output_dir)
   export         re-export a finished run: `tfrobprune export --run_dir=RUN`
+  evaluate       re-evaluate a finished run's models (RUN/evaluation.json): `tfrobprune evaluate --run_dir=RUN
+                 --eval_attack=pgd,autoattack [--eval_examples=N] [--artifacts]`
   serve          serve RUN/export/saved_model over TF Serving's gRPC and REST APIs (development server)
-  bench-tflite   latency and size of each TFLite artifact: `tfrobprune bench-tflite --export_dir=RUN/export`
+  bench-tflite   latency and size of each TFLite artifact: `tfrobprune bench-tflite --export_dir=RUN/export`;
+                 with --run_dir=RUN (or an export inside a run), also the dense-vs-pruned MACs and latency
  Flags are validated where they are defined (bounds, enums, validators);
 combinations are validated by the config dataclasses, whose errors are reported as one line naming the value.
 Nothing below `main` reads FLAGS.
 """
 
+import json
 import os
 import signal
 import sys
@@ -29,13 +33,17 @@ from tfrobprune import config as config_lib  # noqa: E402
 from tfrobprune.data import datasets  # noqa: E402
 from tfrobprune.deploy import tflite_bench  # noqa: E402
 from tfrobprune.evaluate import evaluation  # noqa: E402
+from tfrobprune import model_files  # noqa: E402
 from tfrobprune import models  # noqa: E402
 from tfrobprune import pipeline  # noqa: E402
 from tfrobprune.prune import pruning_config  # noqa: E402
 from tfrobprune.prune import scores as scores_lib  # noqa: E402
+from tfrobprune import report as report_lib  # noqa: E402
+from tfrobprune import rerun  # noqa: E402
 from tfrobprune.robust import objectives  # noqa: E402
 from tfrobprune.train import checkpointing  # noqa: E402
 from tfrobprune.train import distribute  # noqa: E402
+from tfrobprune.train import overfit_monitor  # noqa: E402
 from tfrobprune.train import training  # noqa: E402
 
 
@@ -45,6 +53,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed (data order, initialisation
 _DETERMINISTIC = flags.DEFINE_boolean("deterministic", False, "TensorFlow op determinism: bit-identical reruns.")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show per-epoch progress bars.")
 _EXPORT = flags.DEFINE_boolean("export", True, "Export the pruned model (SavedModel, TFLite) at the end.")
+_ARTIFACT_SQUARE_EXAMPLES = flags.DEFINE_integer(
+    "artifact_square_examples", 1000, "Attack each exported TFLite file with Square through its own LiteRT "
+    "interpreter on the first N evaluation examples (square_acc; 0: not attacked).", lower_bound=0)
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Discard an earlier run in --output_dir instead of resuming.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every_steps", 200, "Checkpoint every N steps (0: epoch ends).",
                                          lower_bound=0)
@@ -57,8 +68,10 @@ _LOGICAL_CPUS = flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into N lo
                                      lower_bound=0)
 # Data.
 _DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", datasets.DATASET_NAMES, "Dataset.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder (default: the dataset's standard location).")
-_IMAGE_SIZE = flags.DEFINE_list("image_size", None, "HEIGHT,WIDTH for image_folder datasets.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset folder (default: the dataset's standard location); for "
+                                "tfrecord also a glob with {split}, e.g. /data/{split}-*.tfrecord.")
+_IMAGE_SIZE = flags.DEFINE_list("image_size", None, "HEIGHT,WIDTH that image_folder and tfrecord images are decoded "
+                                 "to (default: the first training image's size; others are resized, bilinear).")
 _VALIDATION_FRACTION = flags.DEFINE_float("validation_fraction", 0.0, "Part of the training set held out.",
                                           lower_bound=0.0, upper_bound=0.9)
 _AUGMENT = flags.DEFINE_boolean("augment", False, "Random crop + horizontal flip (CIFAR-like data).")
@@ -67,7 +80,8 @@ _MAX_TRAIN_EXAMPLES = flags.DEFINE_integer("max_train_examples", 0, "Train on N 
 _SYNTHETIC_EXAMPLES = flags.DEFINE_list("synthetic_examples", ["1024", "256"], "TRAIN,TEST sizes (synthetic data).")
 _SYNTHETIC_SHAPE = flags.DEFINE_list("synthetic_shape", ["28", "28", "1"], "H,W,C of synthetic images.")
 # Model.
-_MODEL = flags.DEFINE_enum("model", "cnn_small", models.MODEL_NAMES, "Model architecture.")
+_MODEL = flags.DEFINE_string("model", "cnn_small", f"Model: a zoo architecture ({', '.join(models.MODEL_NAMES)}) or "
+                             "the path of a saved Keras model of one's own (.keras file or SavedModel folder).")
 _DENSE_CHECKPOINT = flags.DEFINE_string("dense_checkpoint", None, "Start from these dense weights; skip pre-training.")
 # Objectives.
 _OBJECTIVE = flags.DEFINE_enum("objective", "pgd", objectives.OBJECTIVE_NAMES, "Objective of both phases.")
@@ -89,6 +103,19 @@ _EPS_RAMP_EPOCHS = flags.DEFINE_float("eps_ramp_epochs", 0.0, "Pre-training epoc
 _EPS_RAMP_SHAPE = flags.DEFINE_enum("eps_ramp_shape", "linear", ["linear", "smoothed"], "Shape of the eps ramp.")
 _CROWN_BETA_FINAL = flags.DEFINE_float("crown_beta_final", 0.0, "CROWN-IBP beta at the end of the ramp.",
                                        lower_bound=0.0, upper_bound=1.0)
+_CROWN_IBP_BOUND = flags.DEFINE_enum("crown_ibp_bound", "margins", objectives.CROWN_IBP_BOUNDS,
+                                     "crown_ibp trains on: margins (per-class CROWN-IBP bounds) or fused (one bound "
+                                     "of the loss itself: one backward bound pass instead of one per class).")
+_NFGSM_NOISE = flags.DEFINE_float("nfgsm_noise", 2.0, "N-FGSM: noise U[-k eps, k eps] before its step; this is k.",
+                                  lower_bound=0.0)
+_GRADALIGN_WEIGHT = flags.DEFINE_float("gradalign_weight", 0.0, "GradAlign penalty weight of the nfgsm / fgsm_rs "
+                                       "objectives (0: none).", lower_bound=0.0)
+_ON_OVERFIT = flags.DEFINE_enum("on_overfit", "warn", overfit_monitor.ACTIONS,
+                                "Single-step phases: on a sharp drop of PGD accuracy on held-out examples after an "
+                                "epoch (catastrophic overfitting): warn (report it), stop (end the phase), or "
+                                "fallback (PGD for the rest of the phase).")
+_OVERFIT_EXAMPLES = flags.DEFINE_integer("overfit_examples", 512, "Held-out examples the overfitting check attacks "
+                                         "with PGD after each single-step epoch (0: no check).", lower_bound=0)
 # Optimisation.
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Examples per step.", lower_bound=1)
 _PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", 10, "Dense pre-training epochs.", lower_bound=0)
@@ -104,7 +131,8 @@ _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "L2 penalty on kernels."
 _SPARSITY = flags.DEFINE_list("sparsity", ["0.9"], "Target sparsity, or a comma-separated sweep (0.5,0.9,0.99).")
 _PRUNE_SCHEDULE = flags.DEFINE_enum("prune_schedule", "polynomial", ["constant", "polynomial"],
                                     "One-shot (constant) or gradual (polynomial) pruning.")
-_PRUNE_SCOPE = flags.DEFINE_enum("prune_scope", "layer", ["layer", "global"], "Per-layer or global magnitude.")
+_PRUNE_SCOPE = flags.DEFINE_enum("prune_scope", "layer", ["layer", "global"],
+                                 "Per-layer or global ranking (of weight magnitudes, or channel norms).")
 _PRUNE_ROUNDS = flags.DEFINE_integer("prune_rounds", 1, "Prune/fine-tune rounds to the target.", lower_bound=1)
 _PRUNE_END_FRACTION = flags.DEFINE_float("prune_end_fraction", 0.5, "Part of fine-tuning over which sparsity ramps.",
                                          lower_bound=0.01, upper_bound=1.0)
@@ -127,6 +155,14 @@ _SCORE_SCHEDULE = flags.DEFINE_enum("score_schedule", "oneshot", list(scores_lib
                                     "(--prune_schedule, --prune_frequency) from the fine-tuned weights.")
 _SCORE_UPDATE_STEPS = flags.DEFINE_integer("score_update_steps", 100,
                                            "Score steps per mask update with --score_schedule=gradual.", lower_bound=1)
+_PRUNE_STRUCTURE = flags.DEFINE_enum("prune_structure", "unstructured", list(config_lib.PRUNE_STRUCTURES),
+                                     "'unstructured': single weights; 'channels': whole Conv2D filters and Dense units "
+                                     "(with the next layers' inputs), then a physically smaller model; --sparsity > 0 "
+                                     "prunes its weights on top.")
+_CHANNEL_SPARSITY = flags.DEFINE_float("channel_sparsity", 0.5, "Fraction of channels removed "
+                                       "(--prune_structure=channels).", lower_bound=0.0, upper_bound=0.99)
+_CHANNEL_NORM = flags.DEFINE_enum("channel_norm", "l2", ["l1", "l2"], "Filter norm ranking channels "
+                                  "(times |gamma| of a BatchNorm after them).")
 # Evaluation.
 _EVAL_EPS = flags.DEFINE_float("eval_eps", None, "Evaluation epsilon (default: --eps).", lower_bound=0.0,
                                upper_bound=1.0)
@@ -139,8 +175,15 @@ _EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 0, "Evaluate on N test ex
                                       "class-stratified subset chosen by --seed.", lower_bound=0)
 _EVAL_BATCH_SIZE = flags.DEFINE_integer("eval_batch_size", 500, "Evaluation batch size.", lower_bound=1)
 _VERIFIED = flags.DEFINE_boolean("verified", None, "Report IBP/CROWN verified accuracy (default: on for IBP runs).")
+_EVAL_ATTACK = flags.DEFINE_list("eval_attack", ["pgd"], "Robust accuracies to report, comma-separated: pgd (PGD with "
+                                 "restarts), autoattack (the standard AutoAttack ensemble, with gradient-masking "
+                                 "checks).")
+_EVAL_AUTOATTACK_EXAMPLES = flags.DEFINE_integer("eval_autoattack_examples", 0, "Run AutoAttack on N of the "
+                                                 "evaluated examples (0: all), a class-stratified subset.",
+                                                 lower_bound=0)
+_ARTIFACTS = flags.DEFINE_boolean("artifacts", False, "evaluate: also attack RUN/export's TFLite files with Square.")
 # export / serve / bench-tflite.
-_RUN_DIR = flags.DEFINE_string("run_dir", None, "export: the output directory of a finished run.")
+_RUN_DIR = flags.DEFINE_string("run_dir", None, "export, evaluate: the output directory of a finished run.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "serve: the SavedModel base (RUN/export/saved_model); "
                                   "bench-tflite: RUN/export or a folder of .tflite files.")
 _MODEL_NAME = flags.DEFINE_string("model_name", None, "serve: the model name (a folder under --export_dir).")
@@ -157,6 +200,9 @@ _REQUEST_TIMEOUT = flags.DEFINE_float("request_timeout", 30.0, "serve: seconds t
                                       "(slower ones get 408/504, gRPC DEADLINE_EXCEEDED).", lower_bound=0.001)
 _BENCH_RUNS = flags.DEFINE_integer("bench_runs", 200, "bench-tflite: timed invokes per artifact.", lower_bound=1)
 _BENCH_OUTPUT = flags.DEFINE_string("bench_output", None, "bench-tflite: also write the figures to this JSON file.")
+_BENCH_ROUNDS = flags.DEFINE_integer("bench_rounds", 20, "bench-tflite: interleaved rounds of the dense-vs-pruned "
+                                     "latency table (with --run_dir, or an --export_dir inside a run).",
+                                     lower_bound=1)
 
 
 def _valid_sparsities(values):
@@ -166,8 +212,15 @@ def _valid_sparsities(values):
     return False
 
 
+flags.register_validator("model", lambda spec: spec in models.MODEL_NAMES or model_files.is_model_path(spec),
+                         message=f"--model takes one of {', '.join(models.MODEL_NAMES)} or the path of a saved Keras "
+                         "model (a .keras file or a SavedModel folder).")
 flags.register_validator("sparsity", _valid_sparsities,
                          message="--sparsity takes comma-separated numbers in [0, 1), e.g. 0.9 or 0.5,0.9,0.99.")
+flags.register_validator("eval_attack", lambda names: bool(names) and set(names) <= set(evaluation.ATTACKS)
+                         and len(set(names)) == len(names),
+                         message=f"--eval_attack takes distinct names from {','.join(evaluation.ATTACKS)}, "
+                         "e.g. pgd,autoattack.")
 
 
 def _floats(name, values):
@@ -197,30 +250,22 @@ def _m_by_n(value):
   return (m, n)
 
 
-def _steps_per_epoch():
-  """Optimizer steps per epoch, for turning epoch-valued ramp flags into steps (known before data is loaded only
-  for the fixed-size datasets; otherwise estimated from --max_train_examples or the synthetic size)."""
-  sizes = {"fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000}
-  train_size = sizes.get(_DATASET.value, int(_SYNTHETIC_EXAMPLES.value[0]))
-  if _MAX_TRAIN_EXAMPLES.value:
-    train_size = min(train_size, _MAX_TRAIN_EXAMPLES.value)
-  train_size = int(train_size * (1 - _VALIDATION_FRACTION.value))
-  return max(1, train_size // _BATCH_SIZE.value)
-
-
 def config_from_flags():
   """Builds the `RunConfig` the flags describe (the only place that reads FLAGS)."""
-  steps = _steps_per_epoch()
-  ramp = dict(eps_warmup_steps=int(_EPS_WARMUP_EPOCHS.value * steps), eps_ramp_steps=int(_EPS_RAMP_EPOCHS.value * steps),
+  # In epochs: the pipeline turns them into steps once it knows the training set's size (`with_epochs_in_steps`).
+  ramp = dict(eps_warmup_epochs=_EPS_WARMUP_EPOCHS.value, eps_ramp_epochs=_EPS_RAMP_EPOCHS.value,
               eps_ramp_shape=_EPS_RAMP_SHAPE.value)
   common = dict(eps=_EPS.value, norm=_NORM.value, pgd_steps=_PGD_STEPS.value, pgd_step_size=_PGD_STEP_SIZE.value,
                 robust_weight=_ROBUST_WEIGHT.value, trades_beta=_TRADES_BETA.value,
-                crown_beta_final=_CROWN_BETA_FINAL.value)
+                crown_beta_final=_CROWN_BETA_FINAL.value, nfgsm_noise=_NFGSM_NOISE.value,
+                crown_ibp_bound=_CROWN_IBP_BOUND.value)
 
   def objective(name, with_ramp):
     if name == "natural":
       return objectives.ObjectiveConfig(name="natural")
-    return objectives.ObjectiveConfig(name=name, **common, **(ramp if with_ramp else {}))
+    gradalign = _GRADALIGN_WEIGHT.value if name in objectives.SINGLE_STEP_OBJECTIVES else 0.0
+    return objectives.ObjectiveConfig(name=name, gradalign_weight=gradalign, **common,
+                                      **(ramp if with_ramp else {}))
 
   pretrain_name = _PRETRAIN_OBJECTIVE.value or _OBJECTIVE.value
   finetune_name = _FINETUNE_OBJECTIVE.value or _OBJECTIVE.value
@@ -252,12 +297,17 @@ def config_from_flags():
           eps=_EVAL_EPS.value if _EVAL_EPS.value is not None else _EPS.value, norm=_NORM.value,
           pgd_steps=_EVAL_PGD_STEPS.value, pgd_restarts=_EVAL_PGD_RESTARTS.value,
           pgd_step_size=_EVAL_PGD_STEP_SIZE.value, verified=verified, batch_size=_EVAL_BATCH_SIZE.value,
-          max_examples=_EVAL_EXAMPLES.value),
+          max_examples=_EVAL_EXAMPLES.value, attacks=tuple(_EVAL_ATTACK.value),
+          autoattack_examples=_EVAL_AUTOATTACK_EXAMPLES.value),
       dense_checkpoint=_DENSE_CHECKPOINT.value, export=_EXPORT.value, distribute=_DISTRIBUTE.value,
+      artifact_square_examples=_ARTIFACT_SQUARE_EXAMPLES.value,
       prune_criterion=_PRUNE_CRITERION.value,
       scores=scores_lib.ScoreConfig(epochs=_SCORE_EPOCHS.value, learning_rate=_SCORE_LEARNING_RATE.value,
                                     budgets=_SCORE_BUDGETS.value, schedule=_SCORE_SCHEDULE.value,
-                                    update_steps=_SCORE_UPDATE_STEPS.value))
+                                    update_steps=_SCORE_UPDATE_STEPS.value),
+      prune_structure=_PRUNE_STRUCTURE.value, channel_sparsity=_CHANNEL_SPARSITY.value,
+      channel_norm=_CHANNEL_NORM.value,
+      overfit=overfit_monitor.OverfitConfig(action=_ON_OVERFIT.value, examples=_OVERFIT_EXAMPLES.value))
 
 
 def _fail(message):
@@ -299,7 +349,8 @@ def _train():
   options = pipeline.RunOptions(progress=console.EpochProgressBars() if _PROGRESS.value else None, log=print,
                                 checkpoint_every_steps=_CHECKPOINT_EVERY.value,
                                 keep_checkpoints=_KEEP_CHECKPOINTS.value, overwrite=_OVERWRITE.value,
-                                should_stop=stop, strategy=strategy)
+                                should_stop=stop, strategy=strategy,
+                                eval_progress=console.EvaluationProgressBars() if _PROGRESS.value else None)
   try:
     report = pipeline.run(config_from_flags(), _OUTPUT_DIR.value, options)
   except training.TrainingInterrupted as error:
@@ -329,6 +380,28 @@ def _export():
   return 0
 
 
+# Evaluation flags `evaluate` takes over the run's recorded settings when given: flag -> EvalConfig field.
+_EVAL_OVERRIDES = {"eval_attack": "attacks", "eval_examples": "max_examples", "eval_eps": "eps",
+                   "eval_pgd_steps": "pgd_steps", "eval_pgd_restarts": "pgd_restarts",
+                   "eval_pgd_step_size": "pgd_step_size", "eval_batch_size": "batch_size", "verified": "verified",
+                   "eval_autoattack_examples": "autoattack_examples"}
+
+
+def _evaluate():
+  if not _RUN_DIR.value:
+    return _fail("--run_dir is required for `evaluate` (the output directory of a finished run).")
+  overrides = {field: tuple(flags.FLAGS[flag].value) if flag == "eval_attack" else flags.FLAGS[flag].value
+               for flag, field in _EVAL_OVERRIDES.items() if flags.FLAGS[flag].present}
+  try:
+    record = rerun.evaluate_run(_RUN_DIR.value, overrides, artifacts=_ARTIFACTS.value, log=print,
+                                progress=console.EvaluationProgressBars() if _PROGRESS.value else None)
+  except (ValueError, datasets.DataError, OSError) as error:
+    return _fail(str(error))
+  print()
+  print(rerun.summary(record))
+  return 0
+
+
 def _serve():
   if not _EXPORT_DIR.value or not _MODEL_NAME.value:
     return _fail("`serve` needs --export_dir (RUN/export/saved_model) and --model_name.")
@@ -346,22 +419,44 @@ def _serve():
   return 0
 
 
+def _bench_dirs():
+  """(run dir or None, export dir or None) of `bench-tflite`: each found from the other when it holds one."""
+  run_dir, export_dir = _RUN_DIR.value, _EXPORT_DIR.value
+  if run_dir and not export_dir and os.path.isdir(os.path.join(run_dir, "export")):
+    export_dir = os.path.join(run_dir, "export")
+  parent = os.path.dirname(os.path.abspath(export_dir)) if export_dir else None
+  if not run_dir and parent and all(os.path.exists(os.path.join(parent, *path))
+                                    for path in (("report.json",), ("models", "dense.keras"))):
+    run_dir = parent
+  return run_dir, export_dir
+
+
 def _bench_tflite():
-  if not _EXPORT_DIR.value:
-    return _fail("--export_dir is required for `bench-tflite` (RUN/export or a folder of .tflite files).")
+  if not _EXPORT_DIR.value and not _RUN_DIR.value:
+    return _fail("`bench-tflite` needs --run_dir (a finished run) or --export_dir (RUN/export or a folder of "
+                 ".tflite files).")
+  run_dir, export_dir = _bench_dirs()
+  results, tables = {}, []
   try:
-    shape = tflite_bench.input_shape(_EXPORT_DIR.value)
-    images = np.random.default_rng(0).random((16,) + shape, dtype=np.float32)  # latency does not depend on pixels
-    results = tflite_bench.bench_tflite(_EXPORT_DIR.value, images, runs=_BENCH_RUNS.value,
-                                        output_path=_BENCH_OUTPUT.value)
+    if export_dir:
+      shape = tflite_bench.input_shape(export_dir)
+      images = np.random.default_rng(0).random((16,) + shape, dtype=np.float32)  # latency does not depend on pixels
+      results = tflite_bench.bench_tflite(export_dir, images, runs=_BENCH_RUNS.value)
+      tables.append(tflite_bench.format_table(results))
+    if run_dir:
+      results["cost_and_speed"] = pipeline.measure_existing_run(run_dir, rounds=_BENCH_ROUNDS.value)
+      tables.append("Dense vs pruned model:\n\n" + report_lib.speed_table(results["cost_and_speed"]))
+    if _BENCH_OUTPUT.value:
+      report_lib.atomic_write(_BENCH_OUTPUT.value, json.dumps(results, indent=2))
   except (ValueError, OSError) as error:
     return _fail(str(error))
-  print(tflite_bench.format_table(results))
+  print("\n".join(tables))
   return 0
 
 
 def main(argv):
-  commands = {"train": _train, "export": _export, "serve": _serve, "bench-tflite": _bench_tflite}
+  commands = {"train": _train, "export": _export, "evaluate": _evaluate, "serve": _serve,
+              "bench-tflite": _bench_tflite}
   if len(argv) < 2 or argv[1] not in commands:
     return _fail(f"usage: tfrobprune {{{'|'.join(commands)}}} [--flags]; got {' '.join(argv[1:]) or 'no command'}.")
   if len(argv) > 2:

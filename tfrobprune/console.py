@@ -151,3 +151,20 @@ class EpochProgressBars:
     from tfrobprune.keras_compat import keras  # pylint: disable=g-import-not-at-top (quiet_tensorflow imports it)
     print(f"[{phase}] epoch {epoch + 1}/{epochs}", file=self._stream, flush=True)
     return keras.utils.Progbar(steps if steps and steps > 0 else None, verbose=1, unit_name="step")
+
+
+class EvaluationProgressBars:
+  """Shows `[evaluate model] attack: N examples` and a Keras progress bar of examples done and the current robust
+  accuracy; the evaluation calls it as a factory (`evaluation.evaluate_model`'s `progress`).
+
+  `bars(model, attack, examples)` prints the line and returns an object with
+  `update(examples_done, values=[('robust_acc', value)])`.
+  """
+
+  def __init__(self, stream=None):
+    self._stream = stream or sys.stdout
+
+  def __call__(self, model, attack, examples):
+    from tfrobprune.keras_compat import keras  # pylint: disable=g-import-not-at-top (quiet_tensorflow imports it)
+    print(f"[evaluate {model}] {attack}: {examples} examples", file=self._stream, flush=True)
+    return keras.utils.Progbar(examples or None, verbose=1, unit_name="example", stateful_metrics=["robust_acc"])

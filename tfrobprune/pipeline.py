@@ -27,24 +27,36 @@ from tfrobprune import config as config_lib
 from tfrobprune.data import datasets
 from tfrobprune.data import subsets
 from tfrobprune.deploy import export
+from tfrobprune.deploy import macs
+from tfrobprune.deploy import speed
 from tfrobprune.evaluate import evaluation
+from tfrobprune.evaluate import gradient_masking
 from tfrobprune.keras_compat import keras, tf
+from tfrobprune import model_files
 from tfrobprune import models
+from tfrobprune.prune import channel_groups
+from tfrobprune.prune import channels
 from tfrobprune.prune import drivers
 from tfrobprune.prune import magnitude
 from tfrobprune.prune import pruning_schedules
 from tfrobprune.prune import scores
 from tfrobprune.prune import stats
+from tfrobprune.prune import surgery
 from tfrobprune.prune import wrapping
 from tfrobprune import report as report_lib
+from tfrobprune.robust import layer_support
 from tfrobprune.robust import objectives
 from tfrobprune.train import checkpointing
 from tfrobprune.train import distribute
+from tfrobprune.train import overfit_monitor
+from tfrobprune.train import timing
 from tfrobprune.train import training
 
 
 # Training images the full-integer TFLite converter calibrates activations on.
 _REPRESENTATIVE_IMAGES = 500
+# Interleaved rounds of the dense-vs-pruned latency measurement (`speed.compare_models`) after the export.
+_SPEED_ROUNDS = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +73,8 @@ class RunOptions:
     log: a function taking one line of progress text (absl's `logging.info` by default; the CLI prints).
     strategy: the `tf.distribute.Strategy` to train under, of the kind `config.distribute` names (the CLI makes it
       with `distribute.make_strategy` before TensorFlow starts); None makes that strategy in `run`.
+    eval_progress: None, or a progress-bar factory for the evaluation (see `evaluation.evaluate_model`; the CLI
+      passes `console.EvaluationProgressBars()`).
   """
   progress: object = None
   checkpoint_every_steps: int = 200
@@ -69,6 +83,7 @@ class RunOptions:
   should_stop: object = None
   log: object = logging.info
   strategy: object = None
+  eval_progress: object = None
 
 
 @dataclasses.dataclass
@@ -82,6 +97,9 @@ class _RunContext:
   progress: checkpointing.RunProgress
   summary_writer: object
   strategy: object = None
+
+  def __post_init__(self):
+    self.timer = timing.RunTimer(self.progress)  # wall seconds per part, kept across resumes
 
   def log(self, line):
     self.options.log(line)
@@ -109,12 +127,23 @@ def set_seed(seed, deterministic):
     tf.config.experimental.enable_op_determinism()
 
 
-def _load_data(config):
-  """(dataset, validation, labels of the whole training split if a subset of it is used, else None)."""
+def _load_data(config, supplied=None):
+  """(dataset, validation, labels of the whole training split if a subset of it is used, else None).
+
+  `supplied`: the `ArrayDataset` the Python API hands over (dataset `config_lib.API_DATASET`), used as loaded.
+  """
   cfg = config.data
-  dataset = datasets.load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size,
-                                  synthetic_examples=cfg.synthetic_examples, synthetic_shape=cfg.synthetic_shape,
-                                  seed=config.seed)
+  if supplied is None and cfg.dataset == config_lib.API_DATASET:
+    raise ValueError(f"This run's data (dataset {cfg.dataset!r}) was handed to tfrobprune.robust_prune; resume or "
+                     "re-export it there, with the same data.")
+  if supplied is not None and cfg.dataset != config_lib.API_DATASET:
+    raise ValueError(f"Data was handed over, but the config names dataset {cfg.dataset!r}; it must name "
+                     f"{config_lib.API_DATASET!r}.")
+  dataset = supplied
+  if dataset is None:
+    dataset = datasets.load_dataset(cfg.dataset, cfg.data_dir, image_size=cfg.image_size,
+                                    synthetic_examples=cfg.synthetic_examples, synthetic_shape=cfg.synthetic_shape,
+                                    seed=config.seed, streaming=True)
   train_split_labels = None
   if cfg.max_train_examples and cfg.max_train_examples < len(dataset.y_train):
     train_split_labels = dataset.y_train
@@ -209,11 +238,21 @@ def _run_phase(ctx, model, train_config, objective_config, phase, pruning_driver
                                                  every_steps=ctx.options.checkpoint_every_steps,
                                                  max_to_keep=ctx.options.keep_checkpoints)
   ctx.log(f"[{phase}] {train_config.epochs} epochs x {steps} steps, objective {objective_config.name}")
-  return training.train(trainer, _dataset_fn(ctx, train_config.batch_size, phase), train_config.epochs,
-                        pruning_driver=pruning_driver, summary_writer=ctx.summary_writer,
-                        progress=ctx.options.progress, phase=phase, checkpointer=checkpointer,
-                        should_stop=ctx.options.should_stop,
-                        epoch_end_fn=_validation_fn(model, ctx.validation, train_config.batch_size))
+  monitor = overfit_monitor.make_monitor(ctx.config.overfit, objective_config, trainer, lambda: _held_out(ctx),
+                                         ctx.dataset.num_classes, ctx.config.seed, phase, log=ctx.log)
+  with ctx.timer.part(phase, training=True):
+    return training.train(trainer, _dataset_fn(ctx, train_config.batch_size, phase), train_config.epochs,
+                          pruning_driver=pruning_driver, summary_writer=ctx.summary_writer,
+                          progress=ctx.options.progress, phase=phase, checkpointer=checkpointer,
+                          should_stop=ctx.options.should_stop, on_resume=monitor.resume if monitor else None,
+                          epoch_end_fn=overfit_monitor.with_monitor(
+                              _validation_fn(model, ctx.validation, train_config.batch_size), monitor))
+
+
+def _held_out(ctx):
+  """The examples the overfitting monitor attacks after each epoch (`overfit_monitor.held_out_examples`)."""
+  return overfit_monitor.held_out_examples(ctx.validation, ctx.dataset.x_train, ctx.dataset.y_train,
+                                           ctx.config.overfit.examples, ctx.config.seed)
 
 
 def _model_path(ctx, name):
@@ -240,6 +279,10 @@ def load_model(path):
 
 def _new_dense_model(ctx):
   cfg, dataset = ctx.config, ctx.dataset
+  if model_files.is_model_path(cfg.model):  # a model of one's own, its weights as saved
+    model = model_files.load_model_file(cfg.model)
+    model_files.check_fits_data(model, dataset.input_shape, dataset.num_classes, cfg.model)
+    return model
   return models.build_model(cfg.model, dataset.input_shape, dataset.num_classes, dataset.mean, dataset.std,
                             seed=cfg.seed)
 
@@ -294,10 +337,15 @@ def _prune_ramp_steps(ctx):
 
 
 def _check_pruning_config(ctx):
-  """Fails before any training if the pruning settings cannot apply to the model (e.g. 2:4 on a 1-channel conv)."""
+  """Fails before any training if the pruning settings cannot apply to the model (e.g. 2:4 on a 1-channel conv),
+  or a layer lacks what an objective needs (`layer_support`: a bound rule for IBP, say)."""
+  layer_support.check_model(_new_dense_model(ctx), {ctx.config.pretrain_objective.name,
+                                                    ctx.config.finetune_objective.name}, ctx.dataset.num_classes)
   for sparsity in ctx.config.sparsities:
     prune_config = _round_pruning_config(ctx.config.pruning, sparsity, _prune_ramp_steps(ctx))
     magnitude.prune_model(_new_dense_model(ctx), prune_config)
+  if ctx.config.prune_structure == "channels":
+    _channel_groups(ctx, _new_dense_model(ctx))
 
 
 def _learned_masks(ctx, model, target, phase):
@@ -372,10 +420,57 @@ def _pruned_for_finetuning(ctx, model, target, phase, ramp_steps):
                                               _gradual_score_masks(ctx, phase), log_dir=log_dir)
 
 
+def _channel_groups(ctx, model):
+  """The channel groups `prune_structure` 'channels' prunes (an error names a layer that cannot be shrunk)."""
+  groups = channel_groups.channel_groups(model, ctx.config.pruning.exclude_layers)
+  if not groups:
+    raise ValueError(f"--prune_structure=channels: model {model.name!r} has no channel group to prune; kept whole: "
+                     f"{channel_groups.describe_unpruned(model, ctx.config.pruning.exclude_layers)}.")
+  return groups
+
+
+def _channel_phase(config):
+  return f"channels_c{config.channel_sparsity:g}"
+
+
+def _channel_pruned(ctx, dense_model):
+  """Channel pruning fine-tuned under masks, then the physically smaller model (`surgery.shrink`); one phase that
+  every sparsity of the sweep starts from. Returns (shrunken model, history)."""
+  config, phase = ctx.config, _channel_phase(ctx.config)
+  finished = ctx.progress.get(phase)
+  if finished is not None:
+    ctx.log(f"[{phase}] finished earlier; loading its model.")
+    return load_model(_model_path(ctx, phase)), finished["history"]
+  groups = _channel_groups(ctx, dense_model)
+  ctx.log(f"[{phase}] {len(groups)} channel groups; kept whole: "
+          f"{channel_groups.describe_unpruned(dense_model, config.pruning.exclude_layers)}")
+  prune_config = _round_pruning_config(config.pruning, config.channel_sparsity, _prune_ramp_steps(ctx))
+  with ctx.strategy.scope():
+    wrapped = channels.wrap(dense_model, groups)
+  driver = drivers.ScheduledMaskDriver(wrapped, pruning_schedules.sparsity_schedule(prune_config),
+                                       channels.mask_chooser(groups, config.channel_norm, config.pruning.scope),
+                                       log_dir=ctx.path("tensorboard", f"pruning_{phase}"))
+  history = _run_phase(ctx, wrapped, config.finetune, config.finetune_objective, phase, driver)
+  driver.finalize()
+  shrunken = surgery.shrink(wrapping.strip(wrapped), groups, channels.removed_channels(wrapped, groups))
+  save_model(shrunken, _model_path(ctx, phase))
+  ctx.progress.complete(phase, {"history": history})
+  return shrunken, history
+
+
 def _prune_and_finetune(ctx, dense_model, sparsity):
-  """Prunes a copy of the dense model to `sparsity` in `prune_rounds` prune/fine-tune rounds; returns it stripped."""
+  """Prunes a copy of the dense model to `sparsity` in `prune_rounds` prune/fine-tune rounds; returns it stripped.
+
+  With `prune_structure` 'channels' the rounds start from the channel-pruned, shrunken model (which sparsity 0
+  returns as it is).
+  """
   config = ctx.config
   current, history = dense_model, []
+  if config.prune_structure == "channels":
+    current, channel_history = _channel_pruned(ctx, dense_model)
+    history = list(channel_history)  # a copy: the rounds below add to it
+    if sparsity == 0:
+      return current, history
   for round_index, target in enumerate(pruning_schedules.iterative_targets(sparsity, config.prune_rounds)):
     phase = f"finetune_s{sparsity:g}" + (f"_r{round_index + 1}" if config.prune_rounds > 1 else "")
     finished = ctx.progress.get(phase)
@@ -383,7 +478,8 @@ def _prune_and_finetune(ctx, dense_model, sparsity):
       ctx.log(f"[{phase}] finished earlier; loading its model.")
       current, history = load_model(_model_path(ctx, phase)), history + finished["history"]
       continue
-    wrapped, driver = _pruned_for_finetuning(ctx, current, target, phase, _prune_ramp_steps(ctx))
+    with ctx.timer.part(phase.replace("finetune", "pruning", 1)):
+      wrapped, driver = _pruned_for_finetuning(ctx, current, target, phase, _prune_ramp_steps(ctx))
     round_history = _run_phase(ctx, wrapped, config.finetune, config.finetune_objective, phase, driver)
     with ctx.strategy.scope():
       driver.finalize()
@@ -399,23 +495,33 @@ def _evaluate(ctx, model, name):
   finished = ctx.progress.get(f"evaluate_{name}")
   if finished is not None:
     return finished, None
-  results, x_adv = evaluation.evaluate_model(model, ctx.dataset.x_test, ctx.dataset.y_test, ctx.config.evaluation,
-                                             ctx.dataset.num_classes, return_adversarial=True, seed=ctx.config.seed)
-  counts = stats.parameter_counts(model)
-  results.update(params=counts["params"], nonzero_params=counts["nonzero_params"], sparsity=counts["sparsity"],
-                 compression=counts["compression"], layer_sparsity=stats.layer_sparsity(model))
+  with ctx.timer.part(f"evaluate_{name}"):
+    results, x_adv = evaluation.evaluate_model(model, ctx.dataset.x_test, ctx.dataset.y_test, ctx.config.evaluation,
+                                               ctx.dataset.num_classes, return_adversarial=True,
+                                               seed=ctx.config.seed, progress=ctx.options.eval_progress, name=name)
+  results.update(model_statistics(model))
   ctx.log(f"[evaluate {name}] " + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if k.endswith("_acc")))
   ctx.progress.complete(f"evaluate_{name}", results)
   return results, x_adv
 
 
-def run(config, output_dir, options=RunOptions()):
+def model_statistics(model):
+  """The size fields of a model's report entry: params, nonzero_params, sparsity, compression, layer_sparsity, macs."""
+  counts = stats.parameter_counts(model)
+  return dict(params=counts["params"], nonzero_params=counts["nonzero_params"], sparsity=counts["sparsity"],
+              compression=counts["compression"], layer_sparsity=stats.layer_sparsity(model),
+              macs=macs.count_macs(model))
+
+
+def run(config, output_dir, options=RunOptions(), dataset=None):
   """Runs (or resumes) the whole pipeline for `config` and writes the report into `output_dir`.
 
   Args:
     config: a `config.RunConfig`.
     output_dir: where report.json, report.md, plots, TensorBoard logs, checkpoints, models and exports go.
     options: a `RunOptions`.
+    dataset: the `ArrayDataset` of a run whose data the Python API hands over (`config.data.dataset` is
+      `config_lib.API_DATASET`); None loads the dataset the config names.
 
   Returns:
     The report (the dict written to report.json); None on a multi-worker run's non-chief workers, which train
@@ -436,15 +542,16 @@ def run(config, output_dir, options=RunOptions()):
     options.log(f"This worker ({distribute.describe(strategy)['task']}) writes into {directory} (deleted at the "
                 f"end); the chief writes {output_dir}.")
   try:
-    return _run(config, directory, options, strategy)
+    return _run(config, directory, options, strategy, dataset)
   finally:
     distribute.remove_worker_directory(strategy, directory)
 
 
-def _run(config, output_dir, options, strategy):
+def _run(config, output_dir, options, strategy, supplied_dataset=None):
   prepare_output_dir(output_dir)
   set_seed(config.seed, config.deterministic)
-  dataset, validation, train_split_labels = _load_data(config)
+  dataset, validation, train_split_labels = _load_data(config, supplied_dataset)
+  config = config_lib.with_epochs_in_steps(config, len(dataset.x_train))  # the real size, not a guess
   progress = checkpointing.RunProgress(output_dir, config, overwrite=options.overwrite)
   ctx = _RunContext(config, options, output_dir, dataset, validation, progress,
                     tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard")), strategy)
@@ -469,6 +576,8 @@ def _run(config, output_dir, options, strategy):
     if chief:
       results, x_adv = _evaluate(ctx, pruned_model, f"s{sparsity:g}")
       sweep.append(dict(results, target_sparsity=sparsity))
+      if config.prune_structure == "channels":
+        sweep[-1].update(channel_sparsity=surgery.channel_sparsity(dense_model, pruned_model))
   if not chief:
     ctx.log("Training finished on this worker; the chief evaluates, exports and writes the report.")
     return None
@@ -481,15 +590,20 @@ def _run(config, output_dir, options, strategy):
       "dataset": {"name": dataset.name, "train": len(dataset.x_train), "validation": len(validation[0]),
                   "test": len(dataset.x_test), "input_shape": list(dataset.input_shape),
                   "num_classes": dataset.num_classes, "class_histograms": class_histograms},
-      "warnings": data_warnings,
+      "warnings": data_warnings + gradient_masking.report_warnings(
+          {"dense": dense, **{f"s{row['target_sparsity']:g}": row for row in sweep}}),
       "dense": dense,
       "pruned": sweep[-1],
       "ratios": report_lib.ratios(dense, sweep[-1]),
       "sweep": sweep,
       "history": {"pretrain": pretrain_history, "finetune": finetune_history},
+      "overfitting": overfit_monitor.run_events(pretrain_history, finetune_history),
   }
   if config.export:
-    report["artifacts"] = _export(ctx, dense_model, pruned_model, x_adv)
+    with ctx.timer.part("export", done=ctx.progress.get("export") is not None):
+      report["artifacts"] = _export(ctx, dense_model, pruned_model, x_adv)
+    report["speed"] = _speed(ctx, dense_model, pruned_model)
+  report["timing"] = ctx.timer.summary()
   report_lib.write_report(report, output_dir)
   ctx.log(f"Report: {os.path.join(output_dir, 'report.md')}")
   return report
@@ -513,16 +627,99 @@ def _export(ctx, dense_model, pruned_model, x_adv):
   x_test, y_test = evaluation.evaluation_examples(ctx.dataset.x_test, ctx.dataset.y_test, eval_config,
                                                   ctx.config.seed)
   if x_adv is None:  # evaluated in an earlier process: the same seed finds the same adversarial examples again
-    _, x_adv = evaluation.evaluate_model(pruned_model, x_test, y_test, eval_config, ctx.dataset.num_classes,
+    pgd_only = dataclasses.replace(eval_config, attacks=("pgd",), fgsm=False, verified=False)  # no AutoAttack rerun
+    _, x_adv = evaluation.evaluate_model(pruned_model, x_test, y_test, pgd_only, ctx.dataset.num_classes,
                                          return_adversarial=True, seed=ctx.config.seed)
   keras_predictions = np.argmax(pruned_model.predict(x_test, batch_size=eval_config.batch_size, verbose=0), axis=1)
-  ctx.log("[export] SavedModel and TFLite artifacts, each loaded back and re-measured")
+  ctx.log("[export] SavedModel and TFLite artifacts, each loaded back and re-measured"
+          + (f"; each TFLite file attacked by Square on {min(ctx.config.artifact_square_examples, len(y_test))} "
+             "examples" if ctx.config.artifact_square_examples else ""))
   artifacts = export.export_all(
-      pruned_model, ctx.output_dir, model_name=ctx.config.model, x_test=x_test, y_test=y_test, x_adv=x_adv,
-      keras_predictions=keras_predictions, representative_images=ctx.dataset.x_train[:_REPRESENTATIVE_IMAGES],
-      source_run=os.path.abspath(ctx.output_dir), sparsity=ctx.config.sparsities[-1], dense_model=dense_model)
+      pruned_model, ctx.output_dir, model_name=model_files.model_name(ctx.config.model), x_test=x_test, y_test=y_test,
+      x_adv=x_adv, keras_predictions=keras_predictions,
+      representative_images=np.asarray(ctx.dataset.x_train[:_REPRESENTATIVE_IMAGES]),
+      source_run=os.path.abspath(ctx.output_dir), sparsity=ctx.config.sparsities[-1], dense_model=dense_model,
+      square_eps=eval_config.eps, square_norm=eval_config.norm, square_examples=ctx.config.artifact_square_examples,
+      square_seed=ctx.config.seed)
   ctx.progress.complete("export", artifacts)
   return artifacts
+
+
+def _speed(ctx, dense_model, pruned_model):
+  """Latency of the dense and the pruned model (`speed.compare_models` on the export), recorded like the export."""
+  finished = ctx.progress.get("speed")
+  if finished is not None:
+    return finished
+  ctx.log("[speed] dense vs pruned: TFLite batch 1 (XNNPACK, 1 thread) and SavedModel batch 128, interleaved rounds")
+  result = speed.compare_models(dense_model, pruned_model, ctx.path("export"),
+                                model_files.model_name(ctx.config.model), rounds=_SPEED_ROUNDS)
+  ctx.progress.complete("speed", result)
+  return result
+
+
+def final_model_path(output_dir, config):
+  """The path of the last pruned model (the one exported) of a finished run of `config` in `output_dir`."""
+  return os.path.join(output_dir, "models", f"{_final_model_names(config)[1]}.keras")
+
+
+def _final_model_names(config):
+  """The names under models/ of a finished run's dense model and its last pruned model (the one exported)."""
+  last_phase = f"finetune_s{config.sparsities[-1]:g}" + (f"_r{config.prune_rounds}" if config.prune_rounds > 1 else "")
+  if config.prune_structure == "channels" and config.sparsities[-1] == 0:
+    last_phase = _channel_phase(config)
+  return "dense", last_phase
+
+
+def finished_run(run_dir):
+  """A finished run to re-evaluate (`rerun.evaluate_run`): (config, dataset, {report name: model path}).
+
+  The names are the report's: 'dense', and 's<sparsity>' for each sparsity of the sweep.
+
+  Raises:
+    ValueError: `run_dir` holds no finished run, or its report.json is unreadable.
+  """
+  try:
+    config = config_lib.RunConfig.from_dict(_finished_report(run_dir)["config"])
+  except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+    raise ValueError(f"{run_dir!r}: report.json is corrupt or not a tfrobprune report ({error!r}).") from error
+  paths = {"dense": os.path.join(run_dir, "models", "dense.keras")}
+  for sparsity in config.sparsities:
+    name = _final_model_names(dataclasses.replace(config, sparsities=(sparsity,)))[1]
+    paths[f"s{sparsity:g}"] = os.path.join(run_dir, "models", f"{name}.keras")
+  return config, _load_data(config)[0], paths
+
+
+def _finished_report(run_dir):
+  report_path = os.path.join(run_dir, "report.json")
+  if not os.path.exists(report_path):
+    raise ValueError(f"{run_dir!r} holds no finished run (no report.json); run `tfrobprune train` first.")
+  with open(report_path) as handle:
+    return json.load(handle)
+
+
+def measure_existing_run(run_dir, rounds=_SPEED_ROUNDS):
+  """The cost and speed of a finished run's dense and pruned model, measured again (`bench-tflite --run_dir`).
+
+  Times the run's exported files where it has them (`speed.compare_models`); the report is not changed.
+
+  Args:
+    run_dir: the output directory of a finished run.
+    rounds: interleaved rounds per runtime.
+
+  Returns:
+    {'dense': {'macs'}, 'pruned': {'macs'}, 'speed': `speed.compare_models`' dict}, the report's layout
+    (`report.speed_table` formats it).
+
+  Raises:
+    ValueError: `run_dir` holds no finished run.
+  """
+  config = config_lib.RunConfig.from_dict(_finished_report(run_dir)["config"])
+  dense, pruned = (load_model(os.path.join(run_dir, "models", f"{name}.keras"))
+                   for name in _final_model_names(config))
+  export_dir = os.path.join(run_dir, "export")
+  return {"dense": {"macs": macs.count_macs(dense)}, "pruned": {"macs": macs.count_macs(pruned)},
+          "speed": speed.compare_models(dense, pruned, export_dir if os.path.isdir(export_dir) else None,
+                                        model_files.model_name(config.model), rounds=rounds)}
 
 
 def export_existing_run(run_dir, options=RunOptions()):
@@ -538,16 +735,12 @@ def export_existing_run(run_dir, options=RunOptions()):
   Raises:
     ValueError: `run_dir` holds no finished run.
   """
-  report_path = os.path.join(run_dir, "report.json")
-  if not os.path.exists(report_path):
-    raise ValueError(f"{run_dir!r} holds no finished run (no report.json); run `tfrobprune train` first.")
-  with open(report_path) as handle:
-    report = json.load(handle)
+  report = _finished_report(run_dir)
   config = config_lib.RunConfig.from_dict(report["config"])
   dataset, validation, _ = _load_data(config)
   ctx = _RunContext(config, options, run_dir, dataset, validation, _NoProgress(), None)
-  last_phase = f"finetune_s{config.sparsities[-1]:g}" + (f"_r{config.prune_rounds}" if config.prune_rounds > 1 else "")
-  artifacts = _export(ctx, load_model(_model_path(ctx, "dense")), load_model(_model_path(ctx, last_phase)), None)
+  dense_name, pruned_name = _final_model_names(config)
+  artifacts = _export(ctx, load_model(_model_path(ctx, dense_name)), load_model(_model_path(ctx, pruned_name)), None)
   report["artifacts"] = artifacts
   report_lib.write_report(report, run_dir)
   return artifacts
@@ -561,3 +754,9 @@ class _NoProgress:
 
   def complete(self, name, result):
     del name, result
+
+  def record(self, name):
+    del name
+
+  def keep(self, name, value):
+    del name, value

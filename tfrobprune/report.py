@@ -9,8 +9,11 @@ import json
 import os
 import tempfile
 
-METRICS = (("benign_acc", "benign"), ("fgsm_acc", "fgsm"), ("pgd_acc", "pgd"), ("verified_acc", "verified"),
-           ("verified_acc_crown", "verified_crown"))
+from tfrobprune.evaluate import robustness_tables
+from tfrobprune.train import timing
+
+METRICS = (("benign_acc", "benign"), ("fgsm_acc", "fgsm"), ("pgd_acc", "pgd"), ("autoattack_acc", "autoattack"),
+           ("verified_acc", "verified"), ("verified_acc_crown", "verified_crown"))
 
 
 def _umask():
@@ -91,16 +94,72 @@ def markdown(report):
     for row in report["sweep"]:
       lines.append(f"| {_percent(row['sparsity'])} | {row['compression']:.1f}x | " +
                    " | ".join(_percent(row.get(key)) for key, _ in METRICS if key in dense) + " |")
+  lines += robustness_tables.markdown_lines({"dense": dense, "pruned": pruned})
   lines += ["", "## Per-layer sparsity (pruned model)", "", "| layer | sparsity |", "|---|---|"]
   lines += [f"| {name} | {_percent(value)} |" for name, value in pruned.get("layer_sparsity", {}).items()]
+  if pruned.get("channel_sparsity"):
+    lines += ["", "## Channels removed (pruned model, `--prune_structure=channels`)", "",
+              "| layer | channels removed |", "|---|---|"]
+    lines += [f"| {name} | {_percent(value)} |" for name, value in pruned["channel_sparsity"].items()]
   if report.get("artifacts"):
     lines += ["", "## Deployment artifacts", "",
-              "| artifact | bytes | benign | pgd (Keras adv.) | agreement | tied top logits (adv.) |",
-              "|---|---|---|---|---|---|"]
-    for name, row in report["artifacts"].items():
+              "| artifact | bytes | benign | square (on the file) | transfer pgd (Keras adv.) | agreement | "
+              "tied top logits (adv.) |",
+              "|---|---|---|---|---|---|---|"]
+    for name, row in report["artifacts"].items():  # runs exported before the rename recorded 'pgd_acc'
       lines.append(f"| {name} | {row.get('bytes', 0):,} | {_percent(row.get('benign_acc'))} | "
-                   f"{_percent(row.get('pgd_acc'))} | {_percent(row.get('agreement'))} | "
-                   f"{_percent(row.get('pgd_ties'))} |")
+                   f"{_percent(row.get('square_acc'))} | {_percent(row.get('transfer_pgd_acc', row.get('pgd_acc')))} | "
+                   f"{_percent(row.get('agreement'))} | {_percent(row.get('pgd_ties'))} |")
+  if speed_table(report):
+    lines += ["", "## Cost and speed (dense vs pruned)", "", speed_table(report).rstrip("\n")]
+  lines += _overfitting_lines(report.get("overfitting"))
+  lines += timing.markdown_lines(report.get("timing"))
+  return "\n".join(lines) + "\n"
+
+
+def _overfitting_lines(events):
+  """The catastrophic-overfitting events of single-step phases (`train.overfit_monitor`), if any."""
+  if not events:
+    return []
+  lines = ["", "## Catastrophic overfitting (sharp drops of held-out PGD accuracy)", "",
+           "| phase | epoch | PGD accuracy | best before | action |", "|---|---|---|---|---|"]
+  for event in events:
+    action = "stopped" if event.get("stopped") else "PGD from here" if event.get("fallback") else "warned"
+    lines.append(f"| {event['phase']} | {event['epoch']} | {_percent(event['pgd_acc'])} | "
+                 f"{_percent(event['best_before'])} | {action} |")
+  return lines
+
+
+# report['speed'] keys -> row labels of `speed_table`.
+SPEED_ROWS = (("tflite_batch1_ms", "TFLite float32, batch 1, XNNPACK 1 thread (ms)"),
+              ("savedmodel_batch128_ms", "SavedModel serving_default, batch 128 (ms)"))
+
+
+def _times(dense, pruned):
+  return f"{dense / pruned:.2f}x" if pruned else "-"
+
+
+def speed_table(report):
+  """The dense-vs-pruned cost (MACs per example) and latency table in Markdown; '' if the report has neither.
+
+  Reads report['dense']['macs'], report['pruned']['macs'] and report['speed'] (`speed.compare_models`' dict).
+  """
+  dense, pruned, speed = report.get("dense") or {}, report.get("pruned") or {}, report.get("speed") or {}
+  rows = []
+  if "macs" in dense and "macs" in pruned:
+    rows.append(["MACs per example", f"{dense['macs']:,}", f"{pruned['macs']:,}",
+                 _times(dense["macs"], pruned["macs"])])
+  for key, label in SPEED_ROWS:
+    if key in speed:
+      times = speed[key]
+      rows.append([label, f"{times['dense']:.3f}", f"{times['pruned']:.3f}", _times(times["dense"], times["pruned"])])
+  if not rows:
+    return ""
+  lines = ["| | dense | pruned | dense / pruned |", "|---|---|---|---|"] + ["| " + " | ".join(r) + " |" for r in rows]
+  if speed:
+    runtimes = ", ".join(f"{name} {runtime}" for name, runtime in speed.get("tflite_runtime", {}).items())
+    lines += ["", f"Latencies are medians of {speed.get('rounds')} interleaved rounds in one process "
+              f"(TFLite runtime: {runtimes or 'unknown'})."]
   return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,10 @@ from tfrobprune.data import datasets
 from tfrobprune.data import errors
 from tfrobprune.data import idx
 from tfrobprune.data import image_folder
+from tfrobprune.data import streamed_images
+from tfrobprune.data import streaming_dataset
 from tfrobprune.data import synthetic
+from tfrobprune.data import tfrecord
 
 
 class LoadDatasetTest(parameterized.TestCase):
@@ -28,6 +31,11 @@ class LoadDatasetTest(parameterized.TestCase):
     self.assertIs(datasets.load_idx_dataset, idx.load_idx_dataset)
     self.assertIs(datasets.load_cifar10, cifar10.load_cifar10)
     self.assertIs(datasets.load_image_folder, image_folder.load_image_folder)
+    self.assertIs(datasets.open_image_folder, image_folder.open_image_folder)
+    self.assertIs(datasets.load_tfrecord, tfrecord.load_tfrecord)
+    self.assertIs(datasets.open_tfrecord, tfrecord.open_tfrecord)
+    self.assertIs(datasets.StreamingDataset, streaming_dataset.StreamingDataset)
+    self.assertIs(datasets.StreamedImages, streamed_images.StreamedImages)
     self.assertIs(datasets.make_synthetic, synthetic.make_synthetic)
     self.assertEmpty([name for name in datasets.__all__ if not hasattr(datasets, name)])
 
@@ -40,13 +48,15 @@ class LoadDatasetTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "Unknown dataset 'imagenet'.*fashion_mnist, mnist, cifar10"):
       datasets.load_dataset("imagenet")
 
-  @parameterized.named_parameters(("_Mnist", "mnist"), ("_Cifar10", "cifar10"), ("_ImageFolder", "image_folder"))
+  @parameterized.named_parameters(("_Mnist", "mnist"), ("_Cifar10", "cifar10"), ("_ImageFolder", "image_folder"),
+                                  ("_TFRecord", "tfrecord"))
   def testLoadDatasetRequiresDataDirForFileDatasets(self, name):
     with self.assertRaisesRegex(datasets.DataError, f"{name}.*needs --data_dir"):
       datasets.load_dataset(name)
 
-  def testDatasetNamesAreTheDocumentedFive(self):
-    self.assertEqual(datasets.DATASET_NAMES, ("fashion_mnist", "mnist", "cifar10", "image_folder", "synthetic"))
+  def testDatasetNamesAreTheDocumentedSix(self):
+    self.assertEqual(datasets.DATASET_NAMES, ("fashion_mnist", "mnist", "cifar10", "image_folder", "synthetic",
+                                              "tfrecord"))
 
   def testLoadImageFolderKeepsExactPixelsWithoutResizing(self):
     root = self.create_tempdir().full_path
@@ -55,6 +65,15 @@ class LoadDatasetTest(parameterized.TestCase):
     format_files.write_image(os.path.join(root, "test", "a", "y.png"), pixels)
     ds = datasets.load_dataset("image_folder", root)  # image_size None: the first training image's size
     np.testing.assert_allclose(ds.x_test[0], pixels / 255.0, rtol=1e-6)
+
+  def testStreamingLoadsImageFoldersAsStreamsAndArrayFormatsAsArrays(self):
+    root = self.create_tempdir().full_path
+    format_files.write_image(os.path.join(root, "train", "a", "x.png"), np.zeros((4, 4), np.uint8))
+    format_files.write_image(os.path.join(root, "test", "a", "y.png"), np.zeros((4, 4), np.uint8))
+    self.assertIsInstance(datasets.load_dataset("image_folder", root), datasets.ArrayDataset)
+    self.assertIsInstance(datasets.load_dataset("image_folder", root, streaming=True), datasets.StreamingDataset)
+    self.assertIsInstance(datasets.load_dataset("synthetic", synthetic_examples=(4, 2), streaming=True),
+                          datasets.ArrayDataset)
 
   def testMissingDefaultFashionMnistDirSuggestsAptGetOrDataDir(self):
     missing = os.path.join(self.create_tempdir().full_path, "not-installed")
@@ -76,6 +95,16 @@ def _indexed_dataset(count=50, shape=(2, 2, 1)):
   """Each training image is filled with its own index / count, so examples can be recognised after splitting."""
   x = (np.arange(count, dtype=np.float32) / count)[:, None, None, None] * np.ones(shape, np.float32)
   return datasets.ArrayDataset("idx", x, np.arange(count) % 5, x[:3], np.zeros(3, np.int64), tuple("abcde"))
+
+
+def _streamed_folder(root, count):
+  """An image folder of `count` random 5x4 RGB PNGs in two classes, opened for streaming."""
+  rng = np.random.default_rng(count)
+  for i in range(count):
+    format_files.write_image(os.path.join(root, "train", "ab"[i % 2], f"{i}.png"),
+                             rng.integers(0, 256, (5, 4, 3), dtype=np.uint8))
+  format_files.write_image(os.path.join(root, "test", "a", "t.png"), np.zeros((5, 4, 3), np.uint8))
+  return datasets.load_dataset("image_folder", root, streaming=True)
 
 
 class SplitValidationTest(parameterized.TestCase):
@@ -102,6 +131,16 @@ class SplitValidationTest(parameterized.TestCase):
     train, (x_val, y_val) = datasets.split_validation(ds, 0.0, seed=0)
     self.assertEqual((x_val.shape, y_val.shape), ((0, 2, 2, 1), (0,)))
     np.testing.assert_array_equal(train.x_train, ds.x_train)
+
+  def testStreamedSplitHoldsOutTheSameFilesAsTheArraySplit(self):
+    streamed = _streamed_folder(self.create_tempdir().full_path, 20)
+    arrays = streamed.to_arrays()
+    (s_train, (s_val, s_y)), (a_train, (a_val, a_y)) = (datasets.split_validation(d, 0.25, seed=7)
+                                                        for d in (streamed, arrays))
+    self.assertIsInstance(s_val, datasets.StreamedImages)
+    np.testing.assert_array_equal(np.asarray(s_val), a_val)
+    np.testing.assert_array_equal(np.asarray(s_train.x_train), a_train.x_train)
+    np.testing.assert_array_equal(s_y, a_y)
 
   @parameterized.parameters(-0.1, 1.0, 0.99)
   def testSplitValidationRejectsFractionLeavingNoTrainingData(self, fraction):
@@ -162,6 +201,18 @@ class MakeTfDatasetTest(parameterized.TestCase):
     pass_1, pass_2 = self._images(first), self._images(first)
     np.testing.assert_array_equal(pass_1, self._images(second))
     self.assertFalse(np.array_equal(pass_1, pass_2))
+
+  @parameterized.named_parameters(("_Plain", False, False), ("_ShuffledAugmentedRepeated", True, True))
+  def testStreamedImagesGiveTheArraysBatchesForTheSameSeed(self, shuffle, augment):
+    # Same seed, same batches: a run on an image folder trains on what the in-memory loader would have fed it.
+    streamed = _streamed_folder(self.create_tempdir().full_path, 13)
+    arrays = streamed.to_arrays()
+    options = dict(shuffle=shuffle, seed=4, augment=augment, drop_remainder=True, repeat=shuffle)
+    from_stream, from_arrays = (datasets.make_tf_dataset(d.x_train, d.y_train, 4, **options).take(6)
+                                for d in (streamed, arrays))
+    for (x_s, y_s), (x_a, y_a) in zip(from_stream.as_numpy_iterator(), from_arrays.as_numpy_iterator(), strict=True):
+      np.testing.assert_array_equal(x_s, x_a)
+      np.testing.assert_array_equal(y_s, y_a)
 
   def testMakeTfDatasetRejectsMismatchedInputs(self):
     with self.assertRaisesRegex(ValueError, "images \\[N, H, W, C\\] and labels \\[N\\]"):

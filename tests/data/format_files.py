@@ -1,9 +1,10 @@
-"""Test helper: writes small, valid dataset files of every format (IDX, CIFAR-10 binary and python, images).
+"""Test helper: writes small, valid dataset files of every format (IDX, CIFAR-10 binary and python, images, TFRecord).
 
 The loaders' tests build their inputs with these at run time in a temp dir, then damage them to test the errors.
 """
 
 import gzip
+import io
 import os
 import pickle
 import struct
@@ -101,4 +102,22 @@ def write_image(path, array):
   """Saves a uint8 [H, W] or [H, W, 3] array as an image (format from the name), making its folder; returns `path`."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(array).save(path)
+  return path
+
+
+def encoded_image(array, image_format="PNG"):
+  """The bytes of a uint8 [H, W] or [H, W, 3] array saved as `image_format` (PNG, JPEG, ...)."""
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format=image_format)
+  return buffer.getvalue()
+
+
+def write_tfrecord(path, examples):
+  """Writes (encoded image, label) pairs as a TFRecord file of tf.train.Examples, making its folder; returns `path`."""
+  from tfrobprune.data import tfrecord  # pylint: disable=g-import-not-at-top  (TensorFlow only where needed)
+  from tfrobprune.keras_compat import tf  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with tf.io.TFRecordWriter(path) as writer:
+    for encoded, label in examples:
+      writer.write(tfrecord.example_bytes(encoded, label))
   return path

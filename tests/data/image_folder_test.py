@@ -1,4 +1,5 @@
-"""Tests for tfrobprune.data.image_folder: small PNG / JPEG folders built in a temp dir at run time."""
+"""Tests for tfrobprune.data.image_folder: small PNG / JPEG folders built in a temp dir at run time, streamed or
+decoded into arrays."""
 
 import io
 import os
@@ -14,6 +15,7 @@ import format_files
 import fuzzing
 from tfrobprune.data import errors
 from tfrobprune.data import image_folder
+from tfrobprune.data import streaming_dataset
 
 
 class ImageFolderTest(parameterized.TestCase):
@@ -87,6 +89,47 @@ class ImageFolderTest(parameterized.TestCase):
     format_files.write_image(os.path.join(root, "test", "a", "z.png"), self._rgb(1))
     with self.assertRaisesRegex(errors.DataError, f"{bad}: unreadable image"):
       image_folder.load_image_folder(root, (4, 4))
+
+  def testOpenImageFolderStreamsThePixelsPillowReadsInClassOrder(self):
+    # The in-memory loader used to decode with Pillow; the stream decodes in the tf.data map to the same pixels.
+    root = self.create_tempdir().full_path
+    files = [(os.path.join(root, "train", name), self._rgb(seed, size=(7, 5)))
+             for seed, name in enumerate(["b/1.png", "b/0.jpg", "a/2.jpeg", "a/3.png"])]
+    for path, pixels in files:
+      format_files.write_image(path, pixels)
+    format_files.write_image(os.path.join(root, "test", "b", "t.jpg"), self._rgb(9, size=(7, 5)))
+    ds = image_folder.open_image_folder(root)
+    self.assertIsInstance(ds, streaming_dataset.StreamingDataset)
+    order = ["a/2.jpeg", "a/3.png", "b/0.jpg", "b/1.png"]
+    pillow = np.stack([np.asarray(Image.open(os.path.join(root, "train", name)).convert("RGB")) for name in order])
+    np.testing.assert_array_equal(ds.x_train.uint8(), pillow)
+    np.testing.assert_array_equal(ds.y_train, [0, 0, 1, 1])
+    np.testing.assert_array_equal(np.asarray(ds.x_train), pillow.astype(np.float32) / np.float32(255.0))
+    np.testing.assert_array_equal(ds.x_test[0] * 255, np.asarray(Image.open(os.path.join(root, "test", "b", "t.jpg"))))
+    arrays = image_folder.load_image_folder(root)
+    np.testing.assert_array_equal(arrays.x_train, np.asarray(ds.x_train))
+    np.testing.assert_allclose(ds.mean, arrays.mean, rtol=1e-6)
+    np.testing.assert_allclose(ds.std, arrays.std, rtol=1e-6)
+
+  def testImageSizeOmittedTakesTheFirstTrainingImageAndResizesTheOthers(self):
+    root = self.create_tempdir().full_path
+    format_files.write_image(os.path.join(root, "train", "a", "0.png"), self._rgb(0, size=(6, 5)))
+    big = format_files.write_image(os.path.join(root, "train", "a", "1.png"), self._rgb(1, size=(12, 10)))
+    format_files.write_image(os.path.join(root, "test", "a", "2.png"), self._rgb(2, size=(3, 3)))
+    ds = image_folder.open_image_folder(root)
+    self.assertEqual((ds.input_shape, ds.x_test.shape), ((6, 5, 3), (1, 6, 5, 3)))
+    pillow = np.asarray(Image.open(big).resize((5, 6), Image.Resampling.BILINEAR)).astype(int)
+    self.assertLessEqual(np.abs(ds.x_train.uint8()[1].astype(int) - pillow).max(), 1)
+
+  def testOpenImageFolderCountsEveryUnreadableImageAndNamesTheFirst(self):
+    root = self.create_tempdir().full_path
+    format_files.write_image(os.path.join(root, "train", "a", "0.png"), self._rgb(0))
+    first = format_files.write(os.path.join(root, "train", "a", "1.png"), b"not a png")
+    os.makedirs(os.path.join(root, "train", "b"))
+    format_files.write(os.path.join(root, "train", "b", "2.jpg"), b"\xff\xd8 not a jpeg either")
+    format_files.write_image(os.path.join(root, "test", "a", "3.png"), self._rgb(1))
+    with self.assertRaisesRegex(errors.DataError, f"{first}: unreadable image .*; 2 unreadable images in total"):
+      image_folder.open_image_folder(root)
 
   @parameterized.named_parameters(("_OneDim", (4,)), ("_Zero", (0, 4)), ("_Float", (4.5, 4)))
   def testLoadImageFolderRejectsBadImageSize(self, image_size):

@@ -11,6 +11,7 @@ from tfrobprune.deploy import artifact_verification  # noqa: E402
 from tfrobprune.deploy import tflite  # noqa: E402
 from tfrobprune.keras_compat import tf  # noqa: E402
 from tfrobprune import models  # noqa: E402
+from tfrobprune.robust import square  # noqa: E402
 
 _SHAPE = (12, 12, 1)
 
@@ -49,8 +50,30 @@ class ArtifactVerificationTest(tf.test.TestCase):
     self.assertAlmostEqual(figures["benign_acc"], keras_accuracy)
     self.assertEqual((figures["bytes"], figures["gzip_bytes"]), (info["bytes"], info["gzip_bytes"]))
     self.assertEqual(figures["runtime"], "xnnpack")
+    self.assertNotIn("square_acc", figures)  # not attacked without settings
     self.assertEqual(details, {"path": os.path.join("tflite", "float32.tflite"), "sha256": info["sha256"],
                                "quantization": "none (float32)", "sparse_encoding": [], "xnnpack_error": None})
+
+  def testVerifiedTflite_WithSquareSettings_AttacksTheFirstExamplesThroughLiteRT(self):
+    tflite_dir = os.path.join(self.create_tempdir().full_path, "tflite")
+    os.makedirs(tflite_dir)
+    info = tflite.export_tflite(self.model, os.path.join(tflite_dir, "float32.tflite"), "float32")
+    reference = artifact_verification.keras_reference(self.model, self.data)
+    labels = dict(self.data, y_test=reference["predictions"])  # every example starts correct
+    settings = artifact_verification.SquareSettings(0.1, examples=8, queries=50, seed=1)
+    figures, _ = artifact_verification.verified_tflite(info, labels, reference, settings)
+    x, y = self.data["x_test"][:8], reference["predictions"][:8]
+    _, robust = square.square_attack(square.keras_logits_fn(self.model), x, y, 0.1, n_queries=50, seed=1)
+    self.assertEqual(figures["square_acc"], robust.mean())
+    self.assertLess(figures["square_acc"], 1.0)  # an untrained model's margins are small
+    self.assertEqual((figures["square_examples"], figures["square_ties"]), (8, 0.0))
+    self.assertBetween(figures["square_queries"], 1, 51)
+
+  def testSquareSettings_BadValues_RaiseNamingThem(self):
+    with self.assertRaisesRegex(ValueError, "artifact_square_examples"):
+      artifact_verification.SquareSettings(0.1, examples=-1)
+    with self.assertRaisesRegex(ValueError, "norm"):
+      artifact_verification.SquareSettings(0.1, norm="l1")
 
 
 if __name__ == "__main__":

@@ -67,3 +67,15 @@ def pruned_fixture():
   x_test, y_test = synthetic(96, seed=1)
   dense = trained_dense_model(x_train, y_train)
   return x_train, y_train, x_test, y_test, dense, fine_tune_pruned(dense, x_train, y_train, 0.8, steps=16)
+
+
+def narrower_copy(model, fraction):
+  """A freshly initialised copy of a Sequential zoo model with `fraction` of the filters or units of each Conv2D and
+  Dense but the logits: the shape of model that channel pruning's surgery makes."""
+  config = model.get_config()
+  for layer in config["layers"]:
+    layer_config = layer["config"]
+    if layer["class_name"] in ("Conv2D", "Dense") and layer_config["name"] != "logits":
+      key = "filters" if "filters" in layer_config else "units"
+      layer_config[key] = max(1, round(layer_config[key] * fraction))
+  return keras.Sequential.from_config(config, custom_objects={"Standardize": models.Standardize})

@@ -15,9 +15,13 @@ import numpy as np  # noqa: E402
 import deploy_test_utils  # noqa: E402
 from tfrobprune.deploy import export  # noqa: E402
 from tfrobprune.deploy import tflite  # noqa: E402
+from tfrobprune.deploy import tflite_runner  # noqa: E402
 from tfrobprune.evaluate import evaluation  # noqa: E402
 from tfrobprune.keras_compat import tf  # noqa: E402
 from tfrobprune.prune import stats  # noqa: E402
+from tfrobprune.robust import square  # noqa: E402
+
+_SQUARE = dict(square_eps=0.2, square_examples=24, square_queries=200, square_seed=5)
 
 
 def _predict(model, images):
@@ -49,7 +53,7 @@ class _Shared:
         self.model, self.output_dir, model_name=deploy_test_utils.MODEL_NAME, x_test=self.x_test, y_test=self.y_test,
         x_adv=self.x_adv, keras_predictions=self.keras_predictions, representative_images=self.x_train,
         source_run={"config": {"model": deploy_test_utils.MODEL_NAME}}, sparsity=self.sparsity, dense_model=self.dense,
-        pqat_data=(self.x_train, self.y_train))
+        pqat_data=(self.x_train, self.y_train), **_SQUARE)
     self.export_dir = os.path.join(self.output_dir, "export")
     self.saved_model_path = os.path.join(self.export_dir, "saved_model", deploy_test_utils.MODEL_NAME, "1")
     with open(os.path.join(self.export_dir, "manifest.json")) as handle:
@@ -82,7 +86,7 @@ class ExportAllTest(ExportTestCase):
     figures, entry = self.artifacts["saved_model"], self.manifest["artifacts"]["saved_model"]
     self.assertIn("fresh process", figures["runtime"])
     self.assertEqual(figures["benign_acc"], self.keras_results["benign_acc"])
-    self.assertEqual(figures["pgd_acc"], self.keras_results["pgd_acc"])
+    self.assertEqual(figures["transfer_pgd_acc"], self.keras_results["pgd_acc"])
     self.assertEqual(figures["agreement"], 1.0)
     self.assertEqual(figures["adversarial_agreement"], 1.0)
     self.assertLess(figures["max_abs_logit_diff"], 1e-5)
@@ -94,9 +98,11 @@ class ExportAllTest(ExportTestCase):
     expected = {"saved_model", "dense_float32", "pqat_int8", *tflite.TFLITE_VARIANTS}
     self.assertEqual(set(self.artifacts), expected)
     for name, figures in self.artifacts.items():
-      for key in ("bytes", "gzip_bytes", "benign_acc", "pgd_acc", "agreement", "runtime",
+      for key in ("bytes", "gzip_bytes", "benign_acc", "transfer_pgd_acc", "agreement", "runtime",
                   "size_ratio_vs_dense_float"):
         self.assertIn(key, figures, name)
+      self.assertNotIn("pgd_acc", figures, name)  # a transfer figure, named as one
+      self.assertEqual("square_acc" in figures, name != "saved_model", name)  # every flatbuffer is attacked
     self.assertEqual(self.artifacts["int8_sparse"]["runtime"], "builtin_no_delegates")
     self.assertEqual(self.artifacts["float32"]["runtime"], "xnnpack")
     self.assertIn("fresh process", self.artifacts["saved_model"]["runtime"])
@@ -111,9 +117,23 @@ class ExportAllTest(ExportTestCase):
   def testLosslessArtifacts_ReproduceKerasAccuracies(self, name):
     figures = self.artifacts[name]
     self.assertEqual(figures["benign_acc"], self.keras_results["benign_acc"])
-    self.assertEqual(figures["pgd_acc"], self.keras_results["pgd_acc"])
+    self.assertEqual(figures["transfer_pgd_acc"], self.keras_results["pgd_acc"])
     self.assertEqual(figures["agreement"], 1.0)
     self.assertLess(figures["max_abs_logit_diff"], 1e-4)
+
+  def testSquareOnEachFlatbuffer_AttacksItsOwnInterpreter(self):
+    x, y = self.x_test[:24], self.y_test[:24]
+    _, keras_robust = square.square_attack(square.keras_logits_fn(self.model), x, y, 0.2, n_queries=200, seed=5)
+    self.assertLess(keras_robust.mean(), self.keras_results["benign_acc"])  # the attack bites at this budget
+    for name in ("float32", "float32_sparse"):  # the same function as Keras: the same examples broken
+      self.assertEqual(self.artifacts[name]["square_acc"], keras_robust.mean(), name)
+    for name, figures in self.artifacts.items():
+      if name == "saved_model":
+        continue
+      self.assertEqual((figures["square_examples"], figures["square_queries"] <= 201), (24, True), name)
+      logits, _ = tflite_runner.run_tflite(os.path.join(self.export_dir, self.manifest["artifacts"][name]["path"]), x)
+      self.assertLessEqual(figures["square_acc"], np.mean(square.margins(logits, y) >= 0), name)  # ties count 1
+      self.assertBetween(figures["square_ties"], 0.0, 1.0)
 
   def testInt8Artifacts_AgreeWithKeras(self):
     for variant in ("int8_dynamic", "int8_full", "int8_sparse", "int8_float_logits", "pqat_int8"):
@@ -142,6 +162,9 @@ class ExportAllTest(ExportTestCase):
     self.assertAlmostEqual(self.manifest["sparsity"], self.sparsity)
     self.assertEqual(self.manifest["keras"]["benign_acc"], self.keras_results["benign_acc"])
     self.assertEqual(self.manifest["keras"]["pgd_acc"], self.keras_results["pgd_acc"])
+    self.assertEqual(self.manifest["square_attack"],
+                     {"eps": 0.2, "norm": "linf", "examples": 24, "queries": 200, "seed": 5})
+    self.assertEqual(self.manifest["artifacts"]["int8_full"]["square_acc"], self.artifacts["int8_full"]["square_acc"])
     self.assertEqual(self.manifest["artifacts"]["saved_model"]["path"],
                      os.path.join("saved_model", deploy_test_utils.MODEL_NAME, "1"))
     self.assertIn("FULLY_CONNECTED", self.manifest["artifacts"]["int8_sparse"]["xnnpack_error"])

@@ -33,7 +33,7 @@ class VerifySavedModelInSubprocessTest(tf.test.TestCase):
     self.assertAllEqual(verified["predictions"], labels)
     self.assertAllEqual(verified["adversarial_predictions"], labels[::-1])
     self.assertEqual(verified["benign_acc"], 1.0)
-    self.assertEqual(verified["pgd_acc"], float(np.mean(labels[::-1] == labels)))
+    self.assertEqual(verified["transfer_pgd_acc"], float(np.mean(labels[::-1] == labels)))
     self.assertTrue(verified["loaded_without_tfrobprune_models"])
     self.assertIn("fresh process", verified["runtime"])
     self.assertEqual(verified["signature"]["inputs"], {"images": ["float32", [None, *_SHAPE]]})

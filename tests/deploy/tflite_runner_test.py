@@ -51,6 +51,26 @@ class TFLiteRunnerTest(tf.test.TestCase):
     self.assertAllClose(tflite_runner.run_tflite(path, self.x_test[:1])[0], whole[:1], atol=1e-6)
     self.assertEqual(tflite_runner.run_tflite(path, self.x_test[:0])[0].shape, (0, deploy_test_utils.CLASSES))
 
+  def testPredict_BatchesPadsTheLastAndMatchesOneAtATime(self):
+    path = self._tflite_path("float32")
+    batched = tflite_runner.TFLiteRunner(path, batch=32).predict(self.x_test)  # 96 = 3 full batches
+    self.assertAllClose(tflite_runner.TFLiteRunner(path, batch=40).predict(self.x_test), batched, atol=1e-6)
+    self.assertAllClose(tflite_runner.TFLiteRunner(path, batch=1).predict(self.x_test[:5]), batched[:5], atol=1e-6)
+
+  def testFromInterpreter_ResizesAGivenInterpreter(self):
+    from ai_edge_litert import interpreter as litert  # pylint: disable=g-import-not-at-top
+    path = self._tflite_path("int8_full")
+    runner = tflite_runner.TFLiteRunner.from_interpreter(litert.Interpreter(model_path=path), batch=16)
+    self.assertEqual(runner.runtime, tflite_runner.RUNTIME_GIVEN)
+    self.assertEqual(runner.interpreter.get_input_details()[0]["shape"][0], 16)
+    self.assertAllClose(runner.predict(self.x_test), tflite_runner.run_tflite(path, self.x_test)[0], atol=1e-6)
+
+  def testInt8Variants_TakeFloatImages(self):
+    # The int8 variants quantize inside the graph: the input tensor stays float32, so callers pass [0, 1] images.
+    for variant in ("int8_full", "int8_sparse"):
+      runner = tflite_runner.TFLiteRunner(self._tflite_path(variant))
+      self.assertEqual(runner.interpreter.get_input_details()[0]["dtype"], np.float32, variant)
+
   def testRunTflite_Int8InputAndOutput_AreScaled(self):
     converter = tf.lite.TFLiteConverter.from_keras_model(self.model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -1,9 +1,16 @@
-"""Tests for tfrobprune.evaluate.evaluation: the attacks find the robustness a model is known to have by hand, and
-accuracies on a trained model are ordered and reproducible."""
+"""Tests for tfrobprune.evaluate.evaluation: the attacks find the robustness a model is known to have by hand,
+accuracies on a trained model are ordered and reproducible, batches have one shape, and AutoAttack joins the figures
+with its breakdown, checks and progress bars."""
+
+import json
+from unittest import mock
 
 from absl.testing import absltest
 import numpy as np
 
+from tfrobprune import config as config_lib
+import eval_test_utils
+from tfrobprune.evaluate import autoattack
 from tfrobprune.evaluate import evaluation
 from tfrobprune.keras_compat import keras, tf
 from tfrobprune import models
@@ -114,6 +121,102 @@ class EvaluateModelTest(tf.test.TestCase):
                           (dict(norm="l2", verified=True), "L-inf"), (dict(batch_size=0), "batch_size")):
       with self.assertRaisesRegex(ValueError, match):
         evaluation.EvalConfig(**kwargs)
+
+
+class FixedShapeBatchesTest(tf.test.TestCase):
+  """The last partial batch is padded: the same figures as unpadded batches, and one trace per function."""
+
+  def testPaddedLastBatchGivesTheUnpaddedFiguresAndNeverRetraces(self):
+    model = models.build_model("mlp", (6, 6, 1), 2, seed=0)
+    x, y = _data(70, 2)
+    config = evaluation.EvalConfig(eps=0.1, pgd_steps=3, pgd_restarts=2, batch_size=32)
+    made = []
+    original = evaluation._CompiledEval  # pylint: disable=protected-access
+
+    def recording(*args, **kwargs):
+      made.append(original(*args, **kwargs))
+      return made[-1]
+
+    with mock.patch.object(evaluation, "_CompiledEval", recording):
+      results = evaluation.evaluate_model(model, x, y, config, 2, seed=4)
+    compiled = made[0]
+    for function in (compiled.benign, compiled.fgsm, compiled.pgd):
+      self.assertEqual(function.experimental_get_tracing_count(), 1)  # batches of 24, 24 and 22 padded to 24
+    size = autoattack.balanced_batch_size(70, 32)
+    self.assertEqual(size, 24)
+    unpadded = original(model, config, 2, seed=4)  # traces per shape
+    counts = {"benign_acc": 0, "fgsm_acc": 0, "pgd_acc": 0}
+    for index, start in enumerate(range(0, 70, size)):
+      xb, yb = tf.constant(x[start:start + size]), tf.constant(y[start:start + size])
+      counts["benign_acc"] += int(np.sum(unpadded.benign(xb, yb)))
+      counts["fgsm_acc"] += int(np.sum(unpadded.fgsm(xb, yb)))
+      counts["pgd_acc"] += int(np.sum(unpadded.pgd(xb, yb, tf.constant(index, tf.int64))[1]))
+    self.assertEqual({key: results[key] for key in counts}, {key: value / 70 for key, value in counts.items()})
+
+
+class AutoAttackEvaluationTest(tf.test.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.model = eval_test_utils.trained_model(epochs=2)
+    cls.x, cls.y = eval_test_utils.test_examples(80)
+
+  def testAutoAttackAtMostPgdWithBreakdownChecksAndProgress(self):
+    config = evaluation.EvalConfig(eps=0.2, pgd_steps=10, pgd_restarts=2, batch_size=50, attacks=("pgd", "autoattack"))
+    bars = []
+    progress = lambda name, attack, examples: bars.append(_Bar(name, attack, examples)) or bars[-1]  # noqa: E731
+    results = evaluation.evaluate_model(self.model, self.x, self.y, config, 10, seed=1, progress=progress, name="s0.9",
+                                        autoattack_budget=autoattack.Budget(nb_iter=20, num_targets=3, n_queries=200))
+    self.assertLessEqual(results["autoattack_acc"], results["pgd_acc"])
+    self.assertLess(results["autoattack_acc"], results["benign_acc"])
+    self.assertGreater(results["autoattack_acc"], 0.0)
+    self.assertEqual(results["autoattack"]["robust_acc"], results["autoattack_acc"])
+    self.assertEqual(results["autoattack"]["clean_acc"], results["benign_acc"])
+    self.assertEqual([row["attack"] for row in results["autoattack"]["stages"]], list(autoattack.VERSIONS["standard"]))
+    self.assertTrue(results["masking_checks"]["passed"], results["masking_checks"])
+    self.assertEqual([(bar.name, bar.attack) for bar in bars],
+                     [("s0.9", "pgd")] + [("s0.9", name) for name in autoattack.VERSIONS["standard"]])
+    self.assertEqual(bars[0].updates[-1], (80, results["pgd_acc"]))
+    for bar, row in zip(bars[1:], results["autoattack"]["stages"]):  # each attack: its examples, then its figure
+      self.assertEqual(bar.examples, row["examples"])
+      self.assertEqual(bar.updates[-1], (row["examples"], row["robust_acc"]))
+
+  def testAutoAttackAloneReportsNoPgdAccuracy(self):
+    config = evaluation.EvalConfig(eps=0.0, batch_size=80, fgsm=False, attacks=("autoattack",))
+    results = evaluation.evaluate_model(self.model, self.x, self.y, config, 10,
+                                        autoattack_budget=autoattack.Budget(nb_iter=2, num_targets=1, n_queries=5))
+    self.assertNotIn("pgd_acc", results)
+    self.assertEqual(results["autoattack_acc"], results["benign_acc"])  # eps 0: nothing to find
+
+
+class _Bar:
+  """A progress bar that records its updates as (examples done, robust accuracy)."""
+
+  def __init__(self, name, attack, examples):
+    self.name, self.attack, self.examples, self.updates = name, attack, examples, []
+
+  def update(self, done, values):
+    self.updates.append((done, dict(values)["robust_acc"]))
+
+
+class EvalConfigTest(absltest.TestCase):
+
+  def testAttacksRoundTripThroughTheRunConfigAndOldRecordsResume(self):
+    original = config_lib.RunConfig(evaluation=evaluation.EvalConfig(attacks=("pgd", "autoattack")))
+    restored = config_lib.RunConfig.from_dict(json.loads(original.to_json()))
+    self.assertEqual(restored, original)
+    self.assertEqual(restored.evaluation.attacks, ("pgd", "autoattack"))
+    recorded = json.loads(config_lib.RunConfig().to_json())
+    del recorded["evaluation"]["attacks"]  # a run recorded before --eval_attack existed
+    self.assertEqual(config_lib.differing_fields(recorded, json.loads(config_lib.RunConfig().to_json())), [])
+    self.assertEqual(config_lib.RunConfig.from_dict(recorded).evaluation.attacks, ("pgd",))
+
+  def testAttacksMustBeDistinctKnownNames(self):
+    for attacks in ((), ("pgd", "pgd"), ("fgsm",), ("pgd", "auto")):
+      with self.assertRaisesRegex(ValueError, "--eval_attack"):
+        evaluation.EvalConfig(attacks=attacks)
+    self.assertEqual(evaluation.EvalConfig(attacks="pgd, autoattack").attacks, ("pgd", "autoattack"))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,30 @@ def _seeded_restarts(model_fn, x, y, restarts, seed=(7, 0)):
   return x_adv.numpy(), robust.numpy()
 
 
+def _unrolled_pgd(model_fn, x, y, eps, eps_iter, nb_iter, seed):
+  """The attack as it was before the graph loop: nb_iter Python-unrolled cleverhans steps (the reference)."""
+  from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method  # pylint: disable=g-import-not-at-top
+  from cleverhans.tf2.utils import clip_eta  # pylint: disable=g-import-not-at-top
+  eta = attacks.random_start(tf.shape(x), "linf", eps, seed)
+  x_adv = tf.clip_by_value(x + clip_eta(eta, np.inf, eps), 0.0, 1.0)
+  for _ in range(nb_iter):
+    x_adv = fast_gradient_method(model_fn, x_adv, eps_iter, np.inf, clip_min=0.0, clip_max=1.0, y=y,
+                                 loss_fn=tf.nn.sparse_softmax_cross_entropy_with_logits)
+    x_adv = tf.clip_by_value(x + clip_eta(x_adv - x, np.inf, eps), 0.0, 1.0)
+  return x_adv
+
+
+def _unrolled_restarts(model_fn, x, y, eps, eps_iter, nb_iter, restarts, seed):
+  """`pgd_with_restarts` as it was before the graph loop (restarts unrolled too)."""
+  x_adv, robust = x, tf.equal(tf.argmax(model_fn(x), axis=1), y)
+  for restart in range(restarts):
+    candidate = _unrolled_pgd(model_fn, x, y, eps, eps_iter, nb_iter, seed + tf.constant([0, restart], tf.int64))
+    fooled = tf.not_equal(tf.argmax(model_fn(candidate), axis=1), y)
+    x_adv = tf.where(tf.reshape(tf.logical_and(robust, fooled), [-1, 1, 1, 1]), candidate, x_adv)
+    robust = tf.logical_and(robust, tf.logical_not(fooled))
+  return x_adv, robust
+
+
 class AttackTest(tf.test.TestCase, parameterized.TestCase):
 
   @classmethod
@@ -79,6 +103,27 @@ class AttackTest(tf.test.TestCase, parameterized.TestCase):
                                         y=self.y, rand_init=False, sanity_checks=False)
     self.assertAllClose(ours, theirs, atol=1e-6, rtol=0)
     self.assertGreater(float(np.mean(np.abs(ours - self.x) > 0.1)), 0.1)  # the attack moved far from x
+
+  @parameterized.parameters(False, True)
+  def testGraphLoop_GivesTheUnrolledIteratesForTheSameSeed(self, compiled):
+    seed = tf.constant([3, 11], tf.int64)
+    run = (lambda fn: tf.function(fn)()) if compiled else (lambda fn: fn())
+    ours = run(lambda: attacks.pgd(self.model_fn, self.x, self.y, 0.15, 0.04, 7, seed=seed))
+    reference = run(lambda: _unrolled_pgd(self.model_fn, self.x, self.y, 0.15, 0.04, 7, seed))
+    self.assertAllClose(ours, reference, atol=1e-6, rtol=0)
+    self.assertGreater(float(np.mean(np.abs(ours - self.x) > 0.1)), 0.1)  # the attack moved far from x
+    x_adv, robust = run(lambda: attacks.pgd_with_restarts(self.model_fn, self.x, self.y, 0.15, 0.04, 5, restarts=3,
+                                                          seed=seed))
+    reference_adv, reference_robust = run(lambda: _unrolled_restarts(self.model_fn, self.x, self.y, 0.15, 0.04, 5,
+                                                                     3, seed))
+    self.assertAllEqual(robust, reference_robust)
+    self.assertAllClose(x_adv, reference_adv, atol=1e-6, rtol=0)
+
+  def testGraphLoop_CompiledGraphDoesNotGrowWithIterations(self):
+    def graph_size(nb_iter):
+      fn = tf.function(lambda x, y: attacks.pgd(self.model_fn, x, y, 0.1, 0.02, nb_iter))
+      return len(fn.get_concrete_function(self.x, self.y).graph.as_graph_def().node)
+    self.assertEqual(graph_size(5), graph_size(50))
 
   def testL2PgdStaysInTheBall(self):
     x_adv = attacks.pgd(self.model_fn, self.x, self.y, 0.5, 0.1, 10, norm="l2").numpy()

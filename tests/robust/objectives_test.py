@@ -93,10 +93,11 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
     self.assertGreater(float(metrics["robust_loss"]), 0.0)
     self.assertLess(float(metrics["robust_loss"]), 0.1)
 
-  @parameterized.parameters("ibp", "crown_ibp")
-  def testBoundObjectiveOnALinearModelIsExactWorstCase(self, name):
-    # For a linear model the interval bound of the margin is exact, so the verified loss equals PGD's optimum.
-    config = self._config(name, robust_weight=1.0)
+  @parameterized.parameters(("ibp",), ("crown_ibp",), ("crown_ibp", "fused"))
+  def testBoundObjectiveOnALinearModelIsExactWorstCase(self, name, bound="margins"):
+    # For a linear model the interval bound of the margin is exact, so the verified loss equals PGD's optimum (and
+    # the fused bound's chord of exp meets exp at the worst case, the interval's end, with two classes).
+    config = self._config(name, robust_weight=1.0, crown_ibp_bound=bound)
     objective = objectives.make_objective(config, 2)
     loss, metrics = objective(self.model, self.x, self.y, tf.constant(10 ** 6, tf.int64))
     self.assertAllClose(metrics["kappa"], 0.0)
@@ -121,11 +122,12 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
     for got, want in zip(tape.gradient(loss, variables), tape.gradient(expected, variables)):
       self.assertAllClose(got, want, atol=1e-5)
 
-  @parameterized.parameters("natural", "pgd", "trades", "ibp", "crown_ibp")
-  def testCallsTheModelInTrainingModeOncePerStep(self, name):
+  @parameterized.parameters(("natural",), ("pgd",), ("trades",), ("ibp",), ("crown_ibp",), ("nfgsm",), ("fgsm_rs",),
+                            ("fgsm_rs", dict(gradalign_weight=0.2)), ("crown_ibp", dict(crown_ibp_bound="fused")))
+  def testCallsTheModelInTrainingModeOncePerStep(self, name, extra=None):
     counter = CallCounter()
     model = keras.Sequential([keras.Input((1, 2, 1)), counter, keras.layers.Flatten(), keras.layers.Dense(2)])
-    objective = objectives.make_objective(self._config(name), 2)
+    objective = objectives.make_objective(self._config(name, **(extra or {})), 2)
     tf.function(lambda x, y: objective(model, x, y, tf.constant(0, tf.int64)))(self.x, self.y)
     self.assertEqual(int(counter.training_calls.numpy()), 1)
 

@@ -43,7 +43,8 @@ class BenchmarkTest(absltest.TestCase):
   def testProducesEveryFigureOfTheTable(self):
     figures = self.figures
     for key in ("natural_step_ms", "pgd_step_ms", "trades_step_ms", "ibp_step_ms", "crown_ibp_step_ms",
-                "eager_pgd_step_ms", "benign_eval_step_ms", "pgd_eval_step_ms"):
+                "crown_ibp_fused_step_ms", "nfgsm_step_ms", "eager_pgd_step_ms", "benign_eval_step_ms",
+                "pgd_eval_step_ms"):
       self.assertGreater(figures[key], 0.0, key)
     self.assertEqual(set(figures["by_batch_size"]), {"4"})
     self.assertEqual(set(figures["by_model"]), {"mlp"})
@@ -65,6 +66,8 @@ class BenchmarkTest(absltest.TestCase):
         ("pgd_over_k_plus_1_natural", "pgd_step_ms", "natural_step_ms", k_plus_1),
         ("ibp_over_natural", "ibp_step_ms", "natural_step_ms", 1),
         ("crown_ibp_over_natural", "crown_ibp_step_ms", "natural_step_ms", 1),
+        ("crown_ibp_fused_over_natural", "crown_ibp_fused_step_ms", "natural_step_ms", 1),
+        ("nfgsm_over_natural", "nfgsm_step_ms", "natural_step_ms", 1),
         ("eager_over_compiled", "eager_pgd_step_ms", "pgd_step_ms", 1)):
       per_round = sorted(t[numerator] / (scale * t[denominator]) for t in self.figures["rounds"])
       with self.subTest(ratio=ratio):

@@ -7,10 +7,10 @@ import numpy as np
 
 from tfrobprune.data import errors
 
-__all__ = ["ArrayDataset", "check_counts", "check_labels", "to_unit_float"]
+__all__ = ["ArrayDataset", "MIN_STD", "as_labels", "check_counts", "check_labels", "to_unit_float"]
 
 # A std below this is clamped so that the model's `(x - mean) / std` layer never divides by ~0 (constant channels).
-_MIN_STD = 1e-3
+MIN_STD = 1e-3
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: field-wise `==` on numpy arrays is ambiguous.
@@ -53,11 +53,7 @@ class ArrayDataset:
                              f"{self.x_test.shape[1:]}.")
 
   def _as_labels(self, labels, split):
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
-      raise errors.DataError(f"In dataset {self.name!r} ({split} split): labels must be a 1-D integer array of class "
-                             f"indices, got {labels.dtype} {labels.shape}.")
-    return labels.astype(np.int64, copy=False)
+    return as_labels(labels, f"dataset {self.name!r} ({split} split)")
 
   def _check_split(self, split):
     x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
@@ -88,7 +84,16 @@ class ArrayDataset:
   def std(self) -> np.ndarray:
     """Per-channel standard deviation of `x_train`, float32 [C], clamped below at 1e-3 so it is safe to divide by."""
     std = self.x_train.std(axis=(0, 1, 2), dtype=np.float64)
-    return np.maximum(std, _MIN_STD).astype(np.float32)
+    return np.maximum(std, MIN_STD).astype(np.float32)
+
+
+def as_labels(labels, source):
+  """`labels` as an int64 array; raises DataError naming `source` unless they are a 1-D integer array."""
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
+    raise errors.DataError(f"In {source}: labels must be a 1-D integer array of class indices, got {labels.dtype} "
+                           f"{labels.shape}.")
+  return labels.astype(np.int64, copy=False)
 
 
 def check_counts(num_images, num_labels, source):

@@ -81,7 +81,7 @@ def verify_saved_model_in_subprocess(export_path, images, labels, adversarial=No
     adversarial: float32 [M, H, W, C] adversarial images for the same labels (M == N), or None.
 
   Returns:
-    A dict with 'benign_acc', 'pgd_acc' (accuracy on `adversarial`, None without it), 'predictions' and
+    A dict with 'benign_acc', 'transfer_pgd_acc' (accuracy on `adversarial`, None without it), 'predictions' and
     'adversarial_predictions' (int64 classes from the signature), 'logits' and 'adversarial_logits', 'signature'
     (input and output dtypes and shapes), 'tensorflow' (the version that loaded it),
     'loaded_without_tfrobprune_models' and 'runtime'.
@@ -104,7 +104,7 @@ def verify_saved_model_in_subprocess(export_path, images, labels, adversarial=No
       info = json.loads(str(result["info"]))
   return {
       "benign_acc": metrics.accuracy(arrays["classes"], labels),
-      "pgd_acc": metrics.accuracy(arrays["adversarial_classes"], labels) if len(adversarial) else None,
+      "transfer_pgd_acc": metrics.accuracy(arrays["adversarial_classes"], labels) if len(adversarial) else None,
       "predictions": arrays["classes"],
       "adversarial_predictions": arrays["adversarial_classes"],
       "logits": arrays["logits"],

@@ -9,6 +9,7 @@ import numpy as np
 
 RUNTIME_XNNPACK = "xnnpack"
 RUNTIME_BUILTIN = "builtin_no_delegates"
+RUNTIME_GIVEN = "interpreter as given"
 
 _BATCH = 128  # the most images per invoke in `run_tflite`
 
@@ -37,6 +38,14 @@ class TFLiteRunner:
           model_path=path, num_threads=num_threads,
           experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
       self.runtime = RUNTIME_BUILTIN
+
+  @classmethod
+  def from_interpreter(cls, interpreter, batch=1):
+    """Wraps a LiteRT `Interpreter` opened elsewhere (its delegates as they are), its input resized to `batch`."""
+    runner = cls.__new__(cls)
+    runner.batch, runner.xnnpack_error, runner.runtime = batch, None, RUNTIME_GIVEN
+    runner._open(interpreter)
+    return runner
 
   def _open(self, interpreter):
     """Sizes the input to `batch`, allocates (delegates prepare here) and runs once on zeros."""
@@ -68,16 +77,15 @@ class TFLiteRunner:
   def predict(self, images):
     """Logits for any number of images, `batch` at a time (the last batch zero-padded)."""
     images = np.asarray(images, np.float32)
-    logits = []
+    logits = np.empty((len(images), self._output["shape"][-1]), np.float32)
     for start in range(0, len(images), self.batch):
       chunk = images[start:start + self.batch]
-      padded = np.concatenate([chunk, np.zeros((self.batch - len(chunk),) + chunk.shape[1:], np.float32)])
-      self.set_input(padded)
+      if len(chunk) < self.batch:
+        chunk = np.concatenate([chunk, np.zeros((self.batch - len(chunk),) + chunk.shape[1:], np.float32)])
+      self.set_input(chunk)
       self.interpreter.invoke()
-      logits.append(self.output()[:len(chunk)])
-    if not logits:
-      return np.zeros((0, self._output["shape"][-1]), np.float32)
-    return np.concatenate(logits)
+      logits[start:start + self.batch] = self.output()[:len(images) - start]
+    return logits
 
 
 def run_tflite(path, images, num_threads=1):

@@ -121,7 +121,7 @@ def pgd(model_fn, x, y, eps, eps_iter, nb_iter, norm="linf", rand_init=True, cli
     y: true integer labels (required; without them cleverhans attacks the model's own predictions).
     eps: radius of the norm ball, a float or scalar tensor.
     eps_iter: step size, a float or scalar tensor, at most `eps`.
-    nb_iter: number of steps (Python int; the loop is unrolled into the compiled graph).
+    nb_iter: number of steps (Python int; one `tf.while_loop` in a compiled graph).
     norm: 'linf' or 'l2'.
     rand_init: start from a uniformly random point of the ball.
     clip_min: smallest valid pixel value.
@@ -143,11 +143,14 @@ def pgd(model_fn, x, y, eps, eps_iter, nb_iter, norm="linf", rand_init=True, cli
   eps_iter = tf.minimum(tf.cast(eps_iter, x.dtype), eps)
   eta = random_start(tf.shape(x), norm, eps, seed, x.dtype) if rand_init else tf.zeros_like(x)
   x_adv = tf.clip_by_value(x + clip_eta(eta, order, eps), clip_min, clip_max)
-  for _ in range(nb_iter):
+
+  def iteration(i, x_adv):
     x_adv = fast_gradient_method(model_fn, x_adv, eps_iter, order, loss_fn=loss_fn or _cross_entropy,
-                                 clip_min=clip_min,
-                                 clip_max=clip_max, y=y)
-    x_adv = tf.clip_by_value(x + clip_eta(x_adv - x, order, eps), clip_min, clip_max)
+                                 clip_min=clip_min, clip_max=clip_max, y=y)
+    return i + 1, tf.clip_by_value(x + clip_eta(x_adv - x, order, eps), clip_min, clip_max)
+
+  # A graph loop, not nb_iter unrolled copies: the compiled graph (and its tracing time) does not grow with nb_iter.
+  _, x_adv = tf.while_loop(lambda i, _: i < nb_iter, iteration, (tf.constant(0), x_adv))
   return x_adv
 
 
@@ -166,14 +169,17 @@ def pgd_with_restarts(model_fn, x, y, eps, eps_iter, nb_iter, restarts=1, norm="
   if not isinstance(restarts, int) or restarts < 1:
     raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}.")
   y = tf.cast(y, tf.int64)
-  x_adv = x
   robust = tf.equal(tf.argmax(model_fn(x), axis=1), y)
-  for restart in range(restarts):
-    restart_seed = None if seed is None else tf.cast(seed, tf.int64) + tf.constant([0, restart], tf.int64)
+
+  def restart(r, x_adv, robust):
+    restart_seed = None if seed is None else tf.cast(seed, tf.int64) + tf.stack([tf.constant(0, tf.int64), r])
     candidate = pgd(model_fn, x, y, eps, eps_iter, nb_iter, norm=norm, rand_init=True, clip_min=clip_min,
                     clip_max=clip_max, seed=restart_seed)
     fooled = tf.not_equal(tf.argmax(model_fn(candidate), axis=1), y)
     newly_fooled = tf.logical_and(robust, fooled)
     x_adv = tf.where(tf.reshape(newly_fooled, [-1] + [1] * (len(x.shape) - 1)), candidate, x_adv)
-    robust = tf.logical_and(robust, tf.logical_not(fooled))
+    return r + 1, x_adv, tf.logical_and(robust, tf.logical_not(fooled))
+
+  # The restarts are a graph loop too (around the iterations' loop): one copy of the attack in the graph.
+  _, x_adv, robust = tf.while_loop(lambda r, *_: r < restarts, restart, (tf.constant(0, tf.int64), x, robust))
   return x_adv, robust

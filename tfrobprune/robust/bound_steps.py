@@ -152,11 +152,18 @@ def scale_linear(scale, positive=False):
 
 
 def dense_linear(kernel):
-  """`x -> x W` (Keras' row-vector convention), `|A| x = x |W|`, `Lambda A = Lambda W^T`."""
+  """`x -> x W` (Keras' row-vector convention), `|A| x = x |W|`, `Lambda A = Lambda W^T`.
+
+  `Lambda W^T` multiplies the specs folded into the batch, one 2-D matmul: a [batch, specs, n] x [n, m] batched
+  matmul would take W's gradient as one [n, m] product per example, summed afterwards.
+  """
+  def transpose(lam, _):
+    product = tf.matmul(tf.reshape(lam, [-1, kernel.shape[1]]), kernel, transpose_b=True)
+    return tf.reshape(product, tf.concat([tf.shape(lam)[:-1], [kernel.shape[0]]], 0))
+
   return Linear(apply=lambda x: tf.matmul(x, kernel),
                 apply_abs=lambda x: tf.matmul(x, tf.abs(kernel)),
-                transpose=lambda lam, _: tf.matmul(lam, kernel, transpose_b=True),
-                halve=lambda: dense_linear(0.5 * kernel), matrix=kernel)
+                transpose=transpose, halve=lambda: dense_linear(0.5 * kernel), matrix=kernel)
 
 
 def conv2d_linear(layer, kernel):

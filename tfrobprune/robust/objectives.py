@@ -6,8 +6,10 @@ objective here is called inside the compiled training step as `objective(model, 
 inputs share one batch when both are needed) because tfmot's pruning wrapper advances its step on each such call;
 attacks use inference mode (`attacks.inference_fn`).
 
-Objectives: `natural`, `pgd` (Madry et al.), `trades` (Zhang et al. 2019), `ibp` (Gowal et al. 2018) and
-`crown_ibp` (Zhang et al. 2020). `robust_weight` mixes natural and robust loss: loss = (1 - w) nat + w robust.
+Objectives: `natural`, `pgd` (Madry et al.), `trades` (Zhang et al. 2019), `ibp` (Gowal et al. 2018),
+`crown_ibp` (Zhang et al. 2020), and the single-step `nfgsm` (de Jorge et al. 2022) and `fgsm_rs` (Wong et al. 2020,
+optionally with GradAlign) of `single_step`. `robust_weight` mixes natural and robust loss: loss = (1 - w) nat +
+w robust.
 """
 
 import dataclasses
@@ -17,11 +19,15 @@ from tfrobprune.keras_compat import tf
 from tfrobprune.robust import attacks
 from tfrobprune.robust import bound_registry
 from tfrobprune.robust import crown_ibp
+from tfrobprune.robust import crown_ibp_fused
 from tfrobprune.robust import interval_propagation
 from tfrobprune.robust import margins as margins_lib
 from tfrobprune.robust import schedules
+from tfrobprune.robust import single_step
 
-OBJECTIVE_NAMES = ("natural", "pgd", "trades", "ibp", "crown_ibp")
+OBJECTIVE_NAMES = ("natural", "pgd", "trades", "ibp", "crown_ibp", "nfgsm", "fgsm_rs")
+SINGLE_STEP_OBJECTIVES = ("nfgsm", "fgsm_rs")
+CROWN_IBP_BOUNDS = ("margins", "fused")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,14 +39,22 @@ class ObjectiveConfig:
     eps: final training epsilon (pixel scale, inputs in [0, 1]).
     norm: 'linf' or 'l2' (PGD and TRADES; bounds are L-inf).
     pgd_steps: attack steps during training.
-    pgd_step_size: attack step size at the final epsilon; scaled with epsilon during the ramp-up.
+    pgd_step_size: attack step size at the final epsilon (also the single step of nfgsm / fgsm_rs); scaled with
+      epsilon during the ramp-up; 0 takes the method's default (`step_size`).
     rand_init: random start for the training attack.
     robust_weight: w in (1 - w) natural + w robust, for pgd; kappa's final value is 1 - w for ibp objectives.
     trades_beta: TRADES' weight on the KL term.
     eps_warmup_steps: steps at epsilon 0 (natural-equivalent) before the ramp.
     eps_ramp_steps: steps over which epsilon grows to `eps`.
+    eps_warmup_epochs, eps_ramp_epochs: the same lengths in epochs of the training set (`--eps_warmup_epochs`,
+      `--eps_ramp_epochs`), for configs written before the data is loaded: `in_steps` turns them into the step
+      fields once the training set's size is known (the pipeline does), and objectives are made from steps only.
     eps_ramp_shape: 'linear' or 'smoothed'.
     crown_beta_final: CROWN-IBP's beta at the end of the ramp (beta goes from 1 to this value).
+    nfgsm_noise: N-FGSM's noise magnitude k: the start is x + U[-k eps, k eps].
+    gradalign_weight: weight of the GradAlign penalty added to nfgsm / fgsm_rs losses (0: none).
+    crown_ibp_bound: what crown_ibp trains on: 'margins' (CROWN-IBP's per-class margin bounds, one backward bound
+      pass with K specifications) or 'fused' (`crown_ibp_fused`: one bound of the loss itself, one specification).
   """
   name: str = "natural"
   eps: float = 0.0
@@ -52,8 +66,13 @@ class ObjectiveConfig:
   trades_beta: float = 6.0
   eps_warmup_steps: int = 0
   eps_ramp_steps: int = 0
+  eps_warmup_epochs: float = 0.0
+  eps_ramp_epochs: float = 0.0
   eps_ramp_shape: str = "linear"
   crown_beta_final: float = 0.0
+  nfgsm_noise: float = single_step.NFGSM_NOISE
+  gradalign_weight: float = 0.0
+  crown_ibp_bound: str = "margins"
 
   def __post_init__(self):
     if self.name not in OBJECTIVE_NAMES:
@@ -64,7 +83,7 @@ class ObjectiveConfig:
       raise ValueError(f"objective {self.name!r} needs eps > 0.")
     if self.norm not in attacks.NORMS:
       raise ValueError(f"norm must be one of {sorted(attacks.NORMS)}, got {self.norm!r}.")
-    if self.name in ("ibp", "crown_ibp") and self.norm != "linf":
+    if self.name in ("ibp", "crown_ibp", *SINGLE_STEP_OBJECTIVES) and self.norm != "linf":
       raise ValueError(f"objective {self.name!r} bounds an L-inf ball; norm must be 'linf', got {self.norm!r}.")
     if self.pgd_steps < 1:
       raise ValueError(f"pgd_steps must be >= 1, got {self.pgd_steps}.")
@@ -76,15 +95,44 @@ class ObjectiveConfig:
       raise ValueError(f"trades_beta must be >= 0, got {self.trades_beta}.")
     if not 0 <= self.crown_beta_final <= 1:
       raise ValueError(f"crown_beta_final must be in [0, 1], got {self.crown_beta_final}.")
+    if self.nfgsm_noise < 0 or self.gradalign_weight < 0:
+      raise ValueError(f"nfgsm_noise and gradalign_weight must be >= 0, got {self.nfgsm_noise}, "
+                       f"{self.gradalign_weight}.")
+    if self.crown_ibp_bound not in CROWN_IBP_BOUNDS:
+      raise ValueError(f"crown_ibp_bound must be one of {', '.join(CROWN_IBP_BOUNDS)}, got {self.crown_ibp_bound!r}.")
+    if self.gradalign_weight and self.name not in SINGLE_STEP_OBJECTIVES:
+      raise ValueError(f"gradalign_weight applies to {' and '.join(SINGLE_STEP_OBJECTIVES)}, not objective "
+                       f"{self.name!r}.")
+    if self.eps_warmup_epochs < 0 or self.eps_ramp_epochs < 0:
+      raise ValueError(f"eps_warmup_epochs and eps_ramp_epochs must be >= 0, got {self.eps_warmup_epochs}, "
+                       f"{self.eps_ramp_epochs}.")
+    if (self.eps_warmup_epochs and self.eps_warmup_steps) or (self.eps_ramp_epochs and self.eps_ramp_steps):
+      raise ValueError("give the epsilon warm-up and ramp in steps or in epochs, not both; got eps_warmup_steps "
+                       f"{self.eps_warmup_steps}, eps_warmup_epochs {self.eps_warmup_epochs}, eps_ramp_steps "
+                       f"{self.eps_ramp_steps}, eps_ramp_epochs {self.eps_ramp_epochs}.")
     self.epsilon_schedule()  # validates the ramp fields
 
   @property
   def step_size(self):
-    """The attack step size at the final epsilon: the configured one, or min(eps, 2.5 eps / steps) (Madry et al.)."""
-    return self.pgd_step_size or min(self.eps, 2.5 * self.eps / self.pgd_steps)
+    """The attack step size at the final epsilon: the configured one, or the method's: min(eps, 2.5 eps / steps)
+    for PGD (Madry et al.), eps for N-FGSM (de Jorge et al.'s experiments), 1.25 eps for FGSM-RS (Wong et al.)."""
+    single = {"nfgsm": single_step.NFGSM_STEP, "fgsm_rs": single_step.FGSM_RS_STEP}.get(self.name)
+    if self.pgd_step_size or single is None:
+      return self.pgd_step_size or min(self.eps, 2.5 * self.eps / self.pgd_steps)
+    return single * self.eps
 
   def epsilon_schedule(self):
     return schedules.Ramp(0.0, self.eps, self.eps_warmup_steps, self.eps_ramp_steps, self.eps_ramp_shape)
+
+  def in_steps(self, steps_per_epoch):
+    """This config with its epoch-valued ramp lengths turned into steps (`int(epochs * steps_per_epoch)`, as the
+    learning-rate warm-up does) and the epoch fields zeroed; itself when they are 0."""
+    if not (self.eps_warmup_epochs or self.eps_ramp_epochs):
+      return self
+    return dataclasses.replace(
+        self, eps_warmup_steps=self.eps_warmup_steps + int(self.eps_warmup_epochs * steps_per_epoch),
+        eps_ramp_steps=self.eps_ramp_steps + int(self.eps_ramp_epochs * steps_per_epoch), eps_warmup_epochs=0.0,
+        eps_ramp_epochs=0.0)
 
   def to_dict(self):
     return dataclasses.asdict(self)
@@ -160,12 +208,15 @@ class NaturalObjective(Objective):
 class PGDObjective(Objective):
   """Madry adversarial training, optionally mixed with the clean loss (`robust_weight`)."""
 
+  def adversarial_examples(self, model, x, y, eps, step):
+    cfg = self.config
+    return attacks.pgd(self.inference_fn(model), x, y, eps, cfg.step_size * eps / cfg.eps, cfg.pgd_steps,
+                       norm=cfg.norm, rand_init=cfg.rand_init, seed=self.attack_seed(step))
+
   def __call__(self, model, x, y, step):
     cfg = self.config
     eps = self.epsilon(step)
-    x_adv = attacks.pgd(self.inference_fn(model), x, y, eps, cfg.step_size * eps / cfg.eps, cfg.pgd_steps,
-                        norm=cfg.norm, rand_init=cfg.rand_init, seed=self.attack_seed(step))
-    x_adv = tf.stop_gradient(x_adv)
+    x_adv = tf.stop_gradient(self.adversarial_examples(model, x, y, eps, step))
     if cfg.robust_weight == 1:
       adv_logits = model(x_adv, training=True)
       robust_loss = _cross_entropy(y, adv_logits)
@@ -176,6 +227,27 @@ class PGDObjective(Objective):
     loss = (1 - cfg.robust_weight) * natural_loss + cfg.robust_weight * robust_loss
     return loss, {"loss": loss, "natural_loss": natural_loss, "robust_loss": robust_loss,
                   "natural_acc": _accuracy(y, logits), "robust_acc": _accuracy(y, adv_logits), "eps": eps}
+
+
+class SingleStepObjective(PGDObjective):
+  """N-FGSM or FGSM-RS training (`single_step`): the PGD objective with a single-step attack, plus GradAlign's
+  penalty when `gradalign_weight` > 0 (its input gradients in inference mode: still one training-mode call)."""
+
+  def adversarial_examples(self, model, x, y, eps, step):
+    cfg = self.config
+    model_fn, step_size = self.inference_fn(model), cfg.step_size * eps / cfg.eps
+    if cfg.name == "nfgsm":
+      return single_step.nfgsm(model_fn, x, y, eps, step_size, cfg.nfgsm_noise, seed=self.attack_seed(step))
+    return single_step.fgsm_rs(model_fn, x, y, eps, step_size, seed=self.attack_seed(step))
+
+  def __call__(self, model, x, y, step):
+    loss, metrics = super().__call__(model, x, y, step)
+    if not self.config.gradalign_weight:
+      return loss, metrics
+    seed = tf.random.experimental.stateless_fold_in(self.attack_seed(step), 1)  # not the attack's noise
+    penalty = single_step.gradalign_penalty(self.inference_fn(model), x, y, metrics["eps"], seed=seed)
+    loss += self.config.gradalign_weight * penalty
+    return loss, dict(metrics, loss=loss, gradalign=penalty)
 
 
 class TradesObjective(Objective):
@@ -201,9 +273,10 @@ class IBPObjective(Objective):
   """Interval bound propagation training: kappa CE(f(x)) + (1 - kappa) CE(-margin lower bounds).
 
   kappa goes from 1 to `1 - robust_weight` with the epsilon ramp (Gowal et al. use a final kappa of 0.5). With
-  `crown_ibp`, the margins mix CROWN-IBP and IBP with beta going from 1 to `crown_beta_final` (Zhang et al. 2020).
-  The bounds are of the network the step trains: BatchNormalization layers normalise by the batch's statistics, as
-  in the clean training pass (Gowal et al.), not by their moving averages.
+  `crown_ibp`, the margins mix CROWN-IBP and IBP with beta going from 1 to `crown_beta_final` (Zhang et al. 2020);
+  with `crown_ibp_bound` 'fused' the loss bounds mix so instead (`crown_ibp_fused`), and the `verified_acc` metric
+  is IBP's. The bounds are of the network the step trains: BatchNormalization layers normalise by the batch's
+  statistics, as in the clean training pass (Gowal et al.), not by their moving averages.
   """
 
   def __init__(self, config, num_classes, seed=0):
@@ -219,11 +292,19 @@ class IBPObjective(Objective):
         return crown_ibp.crown_ibp_training_margins(model, x, y, eps, self.num_classes, self.beta(step))
       return margins_lib.margin_bounds(model, x, y, eps, self.num_classes)
 
+  def robust_losses(self, model, x, y, eps, step):
+    """Per-example upper bounds of the cross-entropy over the ball, and the margin bounds of `verified_acc`."""
+    if self.config.name == "crown_ibp" and self.config.crown_ibp_bound == "fused":
+      with bound_registry.batch_statistics(interval_propagation.nominal_batch_statistics(model, x)):
+        return crown_ibp_fused.robust_cross_entropy(model, x, y, eps, self.num_classes, self.beta(step))
+    margins = self.margins(model, x, y, eps, step)
+    return margins_lib.robust_cross_entropy(margins), margins
+
   def __call__(self, model, x, y, step):
     eps = self.epsilon(step)
     kappa = self.kappa(step)
-    margins = self.margins(model, x, y, eps, step)
-    robust_loss = tf.reduce_mean(margins_lib.robust_cross_entropy(margins))
+    losses, margins = self.robust_losses(model, x, y, eps, step)
+    robust_loss = tf.reduce_mean(losses)
 
     def mixed():
       logits = model(x, training=True)
@@ -254,7 +335,15 @@ def make_objective(config, num_classes, seed=0):
 
   Returns:
     An `Objective`.
+
+  Raises:
+    ValueError: the epsilon ramp is still in epochs (resolve it with `config.in_steps(steps_per_epoch)`).
   """
+  if config.eps_warmup_epochs or config.eps_ramp_epochs:
+    raise ValueError(f"objective {config.name!r} has its epsilon warm-up / ramp in epochs; turn them into steps with "
+                     "ObjectiveConfig.in_steps(steps_per_epoch) once the training set's size is known.")
   if config.name in ("ibp", "crown_ibp"):
     return IBPObjective(config, num_classes, seed)
+  if config.name in SINGLE_STEP_OBJECTIVES:
+    return SingleStepObjective(config, seed)
   return {"natural": NaturalObjective, "pgd": PGDObjective, "trades": TradesObjective}[config.name](config, seed)

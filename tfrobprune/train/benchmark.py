@@ -26,6 +26,7 @@ from absl import logging
 import numpy as np
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
+from tfrobprune.evaluate import autoattack_benchmark
 from tfrobprune.evaluate import evaluation
 from tfrobprune.keras_compat import keras, tf
 from tfrobprune import models
@@ -51,6 +52,7 @@ class BenchConfig:
     batch_sizes: batch sizes of the batch-size table (natural and PGD training on `model`).
     input_shape: image shape of the synthetic inputs.
     num_classes: number of classes.
+    autoattack: None, or the `autoattack_benchmark.AutoAttackBenchConfig` of the `autoattack_s_per_1k` figure.
   """
   model: str = "cnn_small"
   batch_size: int = 128
@@ -63,6 +65,7 @@ class BenchConfig:
   batch_sizes: tuple[int, ...] = (32, 64, 128, 256)
   input_shape: tuple[int, int, int] = (28, 28, 1)
   num_classes: int = 10
+  autoattack: object = None
 
   def __post_init__(self):
     for name in ("batch_size", "pgd_steps", "steps", "repeats"):
@@ -148,8 +151,12 @@ def _compiled_train_step_ms(config, model_name, objective_config, batch_size):
 
 
 def _objective(config, name):
+  """The objective of a figure: an objective's name, or 'crown_ibp_fused' (CROWN-IBP with `crown_ibp_bound`
+  'fused', `crown_ibp_fused`), each with the methods' default step sizes."""
   if name == "natural":
     return objectives.ObjectiveConfig(name="natural")
+  if name == "crown_ibp_fused":
+    return objectives.ObjectiveConfig(name="crown_ibp", eps=config.eps, crown_ibp_bound="fused")
   return objectives.ObjectiveConfig(name=name, eps=config.eps, pgd_steps=config.pgd_steps)
 
 
@@ -202,7 +209,7 @@ def run_benchmark(config=BenchConfig(), log=logging.info):
              "cpu": _cpu_model(), "onednn": input_gradients.onednn_enabled()}
   step_fns = {f"{kind}_step_ms": _compiled_train_step(config, config.model, _objective(config, kind),
                                                       config.batch_size)
-              for kind in ("natural", "pgd", "trades", "ibp", "crown_ibp")}
+              for kind in ("natural", "pgd", "trades", "ibp", "crown_ibp", "crown_ibp_fused", "nfgsm")}
   step_fns.update(eager_pgd_step_ms=_eager_pgd_step(config), benign_eval_step_ms=_eval_step(config, "benign"),
                   pgd_eval_step_ms=_eval_step(config, "pgd"))
   medians, rounds = _interleaved_ms_per_step(step_fns, config)
@@ -213,6 +220,10 @@ def run_benchmark(config=BenchConfig(), log=logging.info):
   figures["pgd_over_k_plus_1_natural"] = round(_median_ratio(rounds, "pgd_step_ms", "natural_step_ms", k + 1), 3)
   figures["ibp_over_natural"] = round(_median_ratio(rounds, "ibp_step_ms", "natural_step_ms"), 3)
   figures["crown_ibp_over_natural"] = round(_median_ratio(rounds, "crown_ibp_step_ms", "natural_step_ms"), 3)
+  figures["crown_ibp_fused_over_natural"] = round(_median_ratio(rounds, "crown_ibp_fused_step_ms", "natural_step_ms"),
+                                                  3)
+  figures["nfgsm_over_natural"] = round(_median_ratio(rounds, "nfgsm_step_ms", "natural_step_ms"), 3)
+  figures["nfgsm_over_pgd"] = round(_median_ratio(rounds, "nfgsm_step_ms", "pgd_step_ms"), 3)
   figures["eager_over_compiled"] = round(_median_ratio(rounds, "eager_pgd_step_ms", "pgd_step_ms"), 3)
   figures["rounds"] = [{name: round(value, 3) for name, value in timings.items()} for timings in rounds]
   figures["images_per_second"] = {
@@ -224,6 +235,8 @@ def run_benchmark(config=BenchConfig(), log=logging.info):
   figures["by_model"] = {
       name: {kind: round(_compiled_train_step_ms(config, name, _objective(config, kind), config.batch_size), 3)
              for kind in ("natural", "pgd")} for name in (config.model,) + tuple(config.extra_models)}
+  if config.autoattack is not None:
+    figures.update(autoattack_benchmark.measure(config.autoattack, log=log))
   return figures
 
 
@@ -233,8 +246,9 @@ def format_table(figures):
   for key in ("cpu", "onednn"):
     if key in figures:
       lines.append(f"| {key} | {figures[key]} |")
-  for key in ("pgd_over_k_plus_1_natural", "ibp_over_natural", "crown_ibp_over_natural", "eager_over_compiled",
-              "natural_step_ms", "pgd_step_ms", "trades_step_ms", "ibp_step_ms", "crown_ibp_step_ms",
+  for key in ("pgd_over_k_plus_1_natural", "ibp_over_natural", "crown_ibp_over_natural", "crown_ibp_fused_over_natural",
+              "nfgsm_over_natural", "nfgsm_over_pgd", "eager_over_compiled", "natural_step_ms", "pgd_step_ms",
+              "nfgsm_step_ms", "trades_step_ms", "ibp_step_ms", "crown_ibp_step_ms", "crown_ibp_fused_step_ms",
               "eager_pgd_step_ms", "benign_eval_step_ms", "pgd_eval_step_ms"):
     if key in figures:
       lines.append(f"| {key} | {figures[key]} |")
@@ -246,6 +260,13 @@ def format_table(figures):
   if figures.get("by_model"):
     lines += ["", "| model | natural ms/step | PGD ms/step |", "|---|---|---|"]
     lines += [f"| {name} | {row['natural']} | {row['pgd']} |" for name, row in figures["by_model"].items()]
+  if "autoattack_s_per_1k" in figures:
+    lines += ["", f"Standard AutoAttack on {figures['autoattack_examples']} test examples of "
+              f"{figures['autoattack_model']}: {figures['autoattack_s_per_1k']} s per 1,000 examples (robust accuracy "
+              f"{figures['autoattack_acc']:.4f}, clean {figures['autoattack_clean_acc']:.4f}).", "",
+              "| attack | examples | robust after | s per 1,000 |", "|---|---|---|---|"]
+    lines += [f"| {row['attack']} | {row['examples']} | {row['robust_acc']:.4f} | {row['s_per_1k']} |"
+              for row in figures["autoattack_stages"]]
   if "peak_rss" in figures:
     rss = figures["peak_rss"]
     lines += ["", f"Peak RSS of `tfrobprune train --flagfile={rss['flagfile']}`: {rss['peak_rss_mib']} MiB "

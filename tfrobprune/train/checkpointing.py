@@ -96,7 +96,7 @@ class RunProgress:
     self.output_dir = output_dir
     self.path = os.path.join(output_dir, PROGRESS_FILE)
     self.config_dict = json.loads(config.to_json())  # as it reads back from progress.json (lists, not tuples)
-    self.state = {"config": self.config_dict, "completed": {}}
+    self.state = {"config": self.config_dict, "completed": {}, "records": {}}
     self.resumed = False
     if os.path.exists(self.path):
       if overwrite:
@@ -118,6 +118,7 @@ class RunProgress:
           f"{self.output_dir} holds a run with different settings ({', '.join(differing)}); use another "
           "--output_dir, or --overwrite to discard it.")
     self.state["completed"] = previous.get("completed", {})
+    self.state["records"] = previous.get("records", {})
     self.resumed = True
 
   def get(self, name):
@@ -127,6 +128,15 @@ class RunProgress:
   def complete(self, name, result):
     """Records that part `name` finished with `result` (JSON-able)."""
     self.state["completed"][name] = result
+    self._write()
+
+  def record(self, name):
+    """A value kept with `keep` (bookkeeping that is not a finished part, e.g. `timing`'s seconds), or None."""
+    return self.state["records"].get(name)
+
+  def keep(self, name, value):
+    """Keeps `value` (JSON-able) under `name` across resumes."""
+    self.state["records"][name] = value
     self._write()
 
   def _write(self):

@@ -23,6 +23,8 @@ from tfrobprune.train import distribute
 
 LR_SCHEDULES = ("constant", "cosine", "step")
 OPTIMIZERS = ("adam", "sgd")
+# An epoch metric that ends the phase after its epoch (`overfit_monitor`'s 'stop'); a resumed phase stays ended.
+STOP_PHASE = "stop_phase"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -166,6 +168,16 @@ class Trainer:
         distribute.route_attacks_around_pruning_wrappers(objective, model)
       self.train_step = tf.function(self._distributed_train_step)
 
+  def set_objective(self, objective):
+    """Trains with `objective` from the next step on (the step is traced again): `overfit_monitor`'s fallback."""
+    self.objective = objective
+    if distribute.is_default(self.strategy):
+      self.train_step = tf.function(self._train_step)
+      return
+    if self._wrapped:
+      distribute.route_attacks_around_pruning_wrappers(objective, self.model)
+    self.train_step = tf.function(self._distributed_train_step)
+
   def distribute_dataset(self, dataset):
     """`dataset` of global batches, split over the replicas (unchanged under the default strategy)."""
     return distribute.distribute_dataset(self.strategy, dataset)
@@ -230,7 +242,7 @@ class TrainingInterrupted(RuntimeError):
 
 
 def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=None, progress=None, epoch_end_fn=None,
-          phase="train", checkpointer=None, should_stop=None):
+          phase="train", checkpointer=None, should_stop=None, on_resume=None):
   """Runs a phase of `epochs` epochs, resuming from `checkpointer`'s latest checkpoint if it has one.
 
   Args:
@@ -243,12 +255,15 @@ def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=No
     summary_writer: a `tf.summary` writer for per-epoch scalars (prefixed by `phase`), or None.
     progress: None, or a factory `progress(phase, epoch, epochs, steps)` returning a bar with
       `update(step, values)` (the CLI's `console.EpochProgressBars`); the library itself never prints.
-    epoch_end_fn: called as `epoch_end_fn(epoch, metrics)` after each epoch; may return extra metrics.
+    epoch_end_fn: called as `epoch_end_fn(epoch, metrics)` after each epoch; may return extra metrics (with
+      `STOP_PHASE` true, the phase ends after that epoch).
     phase: name used in logs and summaries ('pretrain', 'finetune_s0.9', ...).
     checkpointer: a `checkpointing.PhaseCheckpointer`; saves every N steps and at each epoch end (every worker
       saves under a multi-worker strategy: give non-chief workers one in a temporary directory).
     should_stop: a function polled after every step; when it returns True the phase is checkpointed and
       `TrainingInterrupted` is raised (on every worker of a multi-worker run, when it returns True on any).
+    on_resume: called as `on_resume(history)` with the finished epochs' metrics when a checkpoint was restored,
+      before training goes on (`overfit_monitor` replays its state so).
 
   Returns:
     A list with one dict of mean metrics per epoch of the phase (resumed epochs included).
@@ -265,6 +280,11 @@ def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=No
   history, sums, count = state.get("history", []), state.get("sums", {}), state.get("count", 0)
   if restored:
     logging.info("[%s] resuming from its checkpoint at epoch %d, step %d", phase, start_epoch + 1, start_step)
+    if any(entry.get(STOP_PHASE) for entry in history):
+      return history
+    if on_resume is not None:
+      with in_scope():
+        on_resume(history)
   if pruning_driver is not None:
     with in_scope():
       pruning_driver.on_train_begin()
@@ -302,6 +322,9 @@ def train(trainer, dataset_fn, epochs, *, pruning_driver=None, summary_writer=No
     sums, count = {}, 0
     if checkpointer is not None:
       checkpointer.save(epoch + 1, 0, {"history": history, "sums": sums, "count": count})
+    if means.get(STOP_PHASE):
+      logging.warning("[%s] ends after epoch %d of %d (%s).", phase, epoch + 1, epochs, STOP_PHASE)
+      break
   return history
 
 

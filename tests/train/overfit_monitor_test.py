@@ -1,0 +1,119 @@
+"""Tests for tfrobprune.train.overfit_monitor: what counts as a sharp drop, and warn / stop / fallback in the loop."""
+
+from unittest import mock
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+
+from tfrobprune.keras_compat import keras, tf
+from tfrobprune import models
+from tfrobprune.robust import objectives
+from tfrobprune.train import checkpointing
+from tfrobprune.train import overfit_monitor
+from tfrobprune.train import training
+
+EPS = 0.05
+
+
+def _data(n=128, seed=0):
+  """Two classes told apart by mean brightness of 6x6 images."""
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 2, n).astype(np.int64)
+  x = np.clip(rng.normal(0.35 + 0.3 * y[:, None, None, None], 0.1, (n, 6, 6, 1)), 0, 1).astype(np.float32)
+  return x, y
+
+
+def _dataset(epoch):
+  del epoch
+  return tf.data.Dataset.from_tensor_slices(_data()).batch(32, drop_remainder=True)
+
+
+def _phase(action, name="nfgsm"):
+  """(trainer, monitor) of a small single-step phase with the given action."""
+  model = models.build_model("mlp", (6, 6, 1), 2, seed=0)
+  objective_config = objectives.ObjectiveConfig(name=name, eps=EPS)
+  trainer = training.Trainer(model, objectives.make_objective(objective_config, 2), keras.optimizers.Adam(1e-2))
+  config = overfit_monitor.OverfitConfig(action=action, examples=64, pgd_steps=3)
+  held_out = overfit_monitor.held_out_examples((np.zeros((0, 6, 6, 1)), np.zeros(0)), *_data(), 64, seed=0)
+  monitor = overfit_monitor.make_monitor(config, objective_config, trainer, lambda: held_out, 2, 0, "pretrain",
+                                         log=lambda line: None)
+  return trainer, monitor
+
+
+def _train(trainer, monitor, accuracies, epochs, checkpointer=None):
+  """Trains `epochs` epochs while the monitor's PGD check reads `accuracies`, one per epoch."""
+  with mock.patch.object(monitor, "pgd_accuracy", side_effect=list(accuracies)):
+    return training.train(trainer, _dataset, epochs, epoch_end_fn=overfit_monitor.with_monitor(None, monitor),
+                          checkpointer=checkpointer, on_resume=monitor.resume)
+
+
+class SharpDropTest(parameterized.TestCase):
+
+  @parameterized.parameters((0.6, 0.1, True), (0.45, 0.2, True), (0.6, 0.45, False), (0.3, 0.12, False),
+                            (0.6, 0.31, False), (None, 0.0, False))
+  def testSharpDrop_NeedsBelowHalfOfTheBestAndMoreThanPointTwoLower(self, best, accuracy, expected):
+    self.assertEqual(overfit_monitor.is_sharp_drop(accuracy, best, overfit_monitor.OverfitConfig()), expected)
+
+  def testConfig_RejectsUnknownActionNamingTheFlag(self):
+    with self.assertRaisesRegex(ValueError, "on_overfit must be one of warn, stop, fallback"):
+      overfit_monitor.OverfitConfig(action="ignore")
+
+
+class MonitorTest(tf.test.TestCase):
+
+  def testOnlySingleStepPhasesAreWatched(self):
+    self.assertIsNotNone(_phase("warn")[1])
+    self.assertIsNone(_phase("warn", name="pgd")[1])
+
+  def testPgdCheck_IsAnAccuracyAndRepeatsExactly(self):
+    _, monitor = _phase("warn")
+    first = monitor.pgd_accuracy()
+    self.assertBetween(first, 0., 1.)
+    self.assertEqual(monitor.pgd_accuracy(), first)
+    self.assertEqual(monitor.examples, 64)
+
+  def testWarn_FlagsTheSharpDropNotTheGentleOne_AndTrainsOn(self):
+    trainer, monitor = _phase("warn")
+    history = _train(trainer, monitor, [0.5, 0.45, 0.1, 0.4], 4)
+    self.assertLen(history, 4)
+    self.assertEqual([bool(entry.get(overfit_monitor.EVENT)) for entry in history], [False, False, True, False])
+    events = overfit_monitor.events(history, "pretrain")
+    self.assertEqual(events, [{"phase": "pretrain", "epoch": 3, "pgd_acc": 0.1, "best_before": 0.5,
+                               "fallback": False, "stopped": False}])
+    self.assertIsInstance(trainer.objective, objectives.SingleStepObjective)
+
+  def testStop_EndsThePhaseAfterTheEpoch_AndAResumedPhaseStaysEnded(self):
+    directory = self.create_tempdir().full_path
+    trainer, monitor = _phase("stop")
+    history = _train(trainer, monitor, [0.5, 0.1], 4, checkpointing.PhaseCheckpointer(directory, trainer))
+    self.assertLen(history, 2)
+    self.assertTrue(overfit_monitor.events(history, "pretrain")[0]["stopped"])
+    resumed_trainer, resumed_monitor = _phase("stop")
+    resumed = _train(resumed_trainer, resumed_monitor, [], 4, checkpointing.PhaseCheckpointer(directory,
+                                                                                              resumed_trainer))
+    self.assertLen(resumed, 2)
+    self.assertEqual(int(resumed_trainer.schedule_step.numpy()), 8)
+
+  def testFallback_SwitchesTheRestOfThePhaseToPgd_AlsoAfterAResume(self):
+    directory = self.create_tempdir().full_path
+    trainer, monitor = _phase("fallback")
+    calls = []
+    with self.assertRaises(training.TrainingInterrupted):
+      with mock.patch.object(monitor, "pgd_accuracy", side_effect=[0.5, 0.1]):
+        training.train(trainer, _dataset, 4, epoch_end_fn=overfit_monitor.with_monitor(None, monitor),
+                       checkpointer=checkpointing.PhaseCheckpointer(directory, trainer),
+                       should_stop=lambda: calls.append(1) or len(calls) == 10)  # in epoch 3, after the switch
+    self.assertIsInstance(trainer.objective, objectives.PGDObjective)
+    self.assertNotIsInstance(trainer.objective, objectives.SingleStepObjective)
+    self.assertEqual(trainer.objective.config.pgd_steps, 3)
+    resumed_trainer, resumed_monitor = _phase("fallback")
+    history = _train(resumed_trainer, resumed_monitor, [0.3, 0.35], 4,
+                     checkpointing.PhaseCheckpointer(directory, resumed_trainer))
+    self.assertNotIsInstance(resumed_trainer.objective, objectives.SingleStepObjective)
+    self.assertEqual([bool(entry.get(overfit_monitor.FALLBACK)) for entry in history], [False, True, True, True])
+    self.assertEqual(resumed_monitor.best, 0.5)
+
+
+if __name__ == "__main__":
+  absltest.main()

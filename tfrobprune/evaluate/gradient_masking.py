@@ -1,0 +1,160 @@
+"""Gradient-masking checks of an AutoAttack evaluation: signs that gradient attacks were blocked, not defeated.
+
+A model that hides or breaks its gradient (obfuscated gradients, Athalye et al. 2018) looks robust to gradient
+attacks without being robust. Pruned, quantized and IBP-trained models are where that happens most often, so every
+evaluation that runs AutoAttack also runs these checks on a class-stratified sample of the evaluated examples:
+
+- `large_eps`: APGD-CE at a large radius must drive accuracy to about 0. At L-inf radius 0.5 every image in [0, 1]
+  can reach the uniform grey image 0.5 (for L2 the same holds at 0.5 * sqrt(pixels)), so even a perfect attack that
+  only knew that point would leave at most the examples of the one class the model gives grey, about 1 / classes
+  of a balanced sample; an attack that follows a working gradient leaves almost none. The check fails above
+  `LARGE_EPS_MAX_ACC` (0.05, half the chance level of ten classes): more than that survives only when the
+  gradient leads the attack nowhere.
+- `square_vs_whitebox`: Square, which uses no gradients, on its own must not end below the white-box attacks
+  together (APGD-CE, APGD-T, FAB-T, as they ran in the ensemble) on the same examples. A black-box attack beating
+  the gradient attacks means the gradients mislead. Square's result on the examples the white-box attacks failed on
+  is the ensemble's own (it ran there); it runs again only on the sample's other examples. Tolerance
+  `SQUARE_TOLERANCE` (AutoAttack's own `check_square_sr` threshold).
+- `gradient`: the input gradient the attacks use (`attacks.inference_fn`; and `input_gradients`' polyphase
+  first-layer gradient forced on, whether or not this machine uses it) equals `tf.GradientTape` on the plain model
+  to a relative `GRADIENT_RTOL` per example, and no example has an all-zero gradient (AutoAttack's
+  `check_zero_gradients`).
+"""
+
+import functools
+import math
+
+import numpy as np
+
+from tfrobprune.data import subsets
+from tfrobprune.evaluate import autoattack
+from tfrobprune.keras_compat import tf
+from tfrobprune.robust import attacks
+from tfrobprune.robust import input_gradients
+
+SAMPLE_SIZE = 200
+LARGE_EPS_LINF = 0.5
+LARGE_EPS_MAX_ACC = 0.05
+SQUARE_TOLERANCE = 0.002
+GRADIENT_RTOL = 1e-3
+CHECKS = ("large_eps", "square_vs_whitebox", "gradient")
+
+
+def large_eps(norm, image_shape):
+  """The radius at which every image in [0, 1] can reach the grey image 0.5 (module docstring)."""
+  return LARGE_EPS_LINF if norm == "linf" else LARGE_EPS_LINF * math.sqrt(float(np.prod(image_shape)))
+
+
+def check_large_eps(model, x, y, num_classes, norm="linf", budget=autoattack.Budget(), batch_size=500, seed=0):
+  """APGD-CE at `large_eps`: passes when its robust accuracy is at most `LARGE_EPS_MAX_ACC`."""
+  eps = large_eps(norm, x.shape[1:])
+  result = autoattack.run_autoattack(model, x, y, eps, num_classes, norm=norm, budget=budget, batch_size=batch_size,
+                                     seed=seed, attack_stages=autoattack.stages(names=("apgd-ce",)))
+  return {"eps": eps, "robust_acc": result.robust_acc, "max_acc": LARGE_EPS_MAX_ACC,
+          "passed": result.robust_acc <= LARGE_EPS_MAX_ACC}
+
+
+def check_square_vs_whitebox(model, x, y, eps, num_classes, whitebox_robust, square_robust=None, norm="linf",
+                             budget=autoattack.Budget(), batch_size=500, seed=0):
+  """Square alone on (x, y) against the white-box robustness `whitebox_robust` (bool per example) of the same
+  examples: passes unless Square's accuracy is more than `SQUARE_TOLERANCE` below.
+
+  `square_robust`, if given, is Square's own result where the white-box attacks failed (the ensemble ran Square on
+  exactly those examples); Square then runs here only on the others.
+  """
+  todo = np.ones(len(y), bool) if square_robust is None else ~np.asarray(whitebox_robust, bool)
+  alone = np.zeros(len(y), bool) if square_robust is None else np.asarray(square_robust, bool).copy()
+  result = autoattack.run_autoattack(model, x[todo], y[todo], eps, num_classes, norm=norm, budget=budget,
+                                     batch_size=batch_size, seed=seed,
+                                     attack_stages=autoattack.stages(names=("square",)))
+  alone[todo] = result.robust
+  square_acc = float(np.mean(alone)) if len(y) else 0.0
+  whitebox_acc = float(np.mean(whitebox_robust)) if len(y) else 0.0
+  return {"square_acc": square_acc, "whitebox_acc": whitebox_acc, "tolerance": SQUARE_TOLERANCE,
+          "passed": square_acc >= whitebox_acc - SQUARE_TOLERANCE}
+
+
+def _cross_entropy_gradient(model_fn, x, y):
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=model_fn(x)))
+  return tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def _polyphase_fn(model):
+  """Logits of `model` with the polyphase input gradient on every eligible layer, whether or not it pays off here."""
+  def logits(x):
+    with input_gradients.polyphase_input_gradients(input_gradients.eligible_layers(model)):
+      return model(x, training=False)
+  return logits
+
+
+def _relative_errors(gradient, reference):
+  """Per example ||gradient - reference|| / ||reference|| (0 where both are zero)."""
+  difference = np.linalg.norm((gradient - reference).reshape(len(reference), -1), axis=1)
+  scale = np.linalg.norm(reference.reshape(len(reference), -1), axis=1)
+  return difference / np.maximum(scale, 1e-30)  # finite (JSON has no infinity): huge where only one is zero
+
+
+def check_gradients(model, x, y):
+  """The attacks' input gradients against `tf.GradientTape` autodiff of the plain model, and zero gradients."""
+  x, y = tf.constant(x, tf.float32), tf.constant(y, tf.int64)
+  reference = _cross_entropy_gradient(lambda images: model(images, training=False), x, y).numpy()
+  errors = {}
+  for path, model_fn in (("attack", attacks.inference_fn(model)), ("polyphase", _polyphase_fn(model))):
+    gradient = tf.function(functools.partial(_cross_entropy_gradient, model_fn))
+    errors[path] = float(np.max(_relative_errors(gradient(x, y).numpy(), reference), initial=0.0))
+  zero = np.all(reference.reshape(len(reference), -1) == 0, axis=1)
+  zero_fraction = float(np.mean(zero)) if len(zero) else 0.0
+  return {"max_relative_error": max(errors.values()), "relative_errors": errors, "rtol": GRADIENT_RTOL,
+          "polyphase_layers": len(input_gradients.eligible_layers(model)), "zero_gradient_fraction": zero_fraction,
+          "passed": max(errors.values()) <= GRADIENT_RTOL and zero_fraction == 0.0}
+
+
+def run_checks(model, x, y, eps, num_classes, result, norm="linf", budget=autoattack.Budget(), batch_size=500,
+               seed=0, sample_size=SAMPLE_SIZE):
+  """All checks on a class-stratified sample of (x, y), given the ensemble's `result` on all of (x, y).
+
+  Returns:
+    {'examples': sample size, 'large_eps': ..., 'square_vs_whitebox': ... (None without a Square stage),
+     'gradient': ..., 'passed': all passed}.
+  """
+  index = subsets.stratified_subset(y, sample_size, seed)
+  xs, ys = np.asarray(x)[index], np.asarray(y)[index]
+  checks = {"examples": len(index),
+            "large_eps": check_large_eps(model, xs, ys, num_classes, norm, budget, batch_size, seed),
+            "square_vs_whitebox": None,
+            "gradient": check_gradients(model, xs, ys)}
+  if "square" in result.stage_names and set(autoattack.WHITE_BOX) & set(result.stage_names):
+    whitebox = result.robust_against(autoattack.WHITE_BOX)[index]
+    checks["square_vs_whitebox"] = check_square_vs_whitebox(
+        model, xs, ys, eps, num_classes, whitebox, result.stage_robust("square")[index], norm, budget, batch_size,
+        seed)
+  checks["passed"] = all(checks[name]["passed"] for name in CHECKS if checks[name] is not None)
+  return checks
+
+
+def warnings(checks, model_name):
+  """One plain-text warning per failed check of `run_checks`' output (for report['warnings'] and report.md)."""
+  if not checks:
+    return []
+  lines, n = [], checks["examples"]
+  large, square_check, gradient = checks["large_eps"], checks.get("square_vs_whitebox"), checks["gradient"]
+  if not large["passed"]:
+    lines.append(f"gradient masking? {model_name}: APGD-CE at eps {large['eps']:g} leaves {large['robust_acc']:.1%} "
+                 f"of {n} examples robust (expected <= {large['max_acc']:.0%}); the gradient attacks' figures may "
+                 "overstate robustness.")
+  if square_check is not None and not square_check["passed"]:
+    lines.append(f"gradient masking? {model_name}: Square alone (no gradients) leaves {square_check['square_acc']:.1%} "
+                 f"robust on {n} examples, below the white-box attacks' {square_check['whitebox_acc']:.1%}.")
+  if not gradient["passed"]:
+    lines.append(f"gradient masking? {model_name}: the attacks' input gradient differs from TensorFlow's autodiff by "
+                 f"{gradient['max_relative_error']:.2g} (relative, tolerance {gradient['rtol']:g}) or is zero on "
+                 f"{gradient['zero_gradient_fraction']:.1%} of {n} examples.")
+  return lines
+
+
+def report_warnings(results_by_model):
+  """The warnings of every model's `masking_checks` ({model name: its evaluation results}), in order."""
+  return [line for name, results in results_by_model.items()
+          for line in warnings((results or {}).get("masking_checks"), name)]
