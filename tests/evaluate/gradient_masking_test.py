@@ -9,6 +9,7 @@ import numpy as np
 import eval_test_utils as utils
 from tfrobprune.evaluate import autoattack
 from tfrobprune.evaluate import gradient_masking
+from tfrobprune.keras_compat import keras
 from tfrobprune.keras_compat import tf
 from tfrobprune.robust import input_gradients
 
@@ -55,6 +56,19 @@ class GradientMaskingTest(tf.test.TestCase):
       self.assertIn(phrase, warning)
     self.assertEqual(gradient_masking.report_warnings({"dense": {"masking_checks": checks}, "s0.9": {}}),
                      gradient_masking.warnings(checks, "dense"))
+
+  def testSaturatedSoftmaxIsNotAZeroGradient(self):
+    # A very confident linear model: cross-entropy's input gradient underflows to exactly 0 in float32, but the
+    # model's gradient is not blocked, so the check must not report it.
+    model = keras.Sequential([keras.Input((2, 2, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    model.layers[-1].set_weights([np.array([[100., -100.]] * 4, np.float32), np.zeros(2, np.float32)])
+    x, y = np.ones((4, 2, 2, 1), np.float32), np.zeros(4, np.int64)
+    cross_entropy = gradient_masking._cross_entropy_gradient(lambda z: model(z, training=False), tf.constant(x),
+                                                             tf.constant(y))
+    self.assertAllEqual(cross_entropy, np.zeros_like(x))  # the premise: saturated
+    check = gradient_masking.check_gradients(model, x, y)
+    self.assertEqual(check["zero_gradient_fraction"], 0.0)
+    self.assertTrue(check["passed"])
 
   def testWrongPolyphaseFirstLayerGradientFailsTheGradientCheck(self):
     exact = input_gradients.conv2d_input_gradient

@@ -84,6 +84,22 @@ class GradAlignTest(tf.test.TestCase):
     penalty = single_step.gradalign_penalty(attacks.inference_fn(model), x, y, 0.3, seed=tf.constant([0, 1]))
     self.assertAllClose(penalty, 0., atol=1e-6)
 
+  def testPenalty_LeavesOutExamplesWithAZeroGradient(self):
+    # A ReLU unit that is off on the whole ball around a dark image: there the input gradient is exactly 0.
+    model = keras.Sequential([keras.Input((2, 2, 1)), keras.layers.Flatten(), keras.layers.Dense(1, activation="relu"),
+                              keras.layers.Dense(2)])
+    model.layers[-2].set_weights([np.ones((4, 1), np.float32), np.array([-2.], np.float32)])
+    model.layers[-1].set_weights([np.array([[1., -1.]], np.float32), np.zeros(2, np.float32)])
+    rng = np.random.default_rng(0)
+    bright = rng.uniform(0.8, 1., (8, 2, 2, 1)).astype(np.float32)
+    dark = np.zeros((8, 2, 2, 1), np.float32)
+    y = np.zeros(16, np.int64)
+    seed = tf.constant([0, 1])
+    mixed = single_step.gradalign_penalty(attacks.inference_fn(model), np.concatenate([bright, dark]), y, 0.1, seed)
+    self.assertAllClose(mixed, 0., atol=1e-6)  # the bright examples' gradients are aligned; the dark ones don't count
+    only_dark = single_step.gradalign_penalty(attacks.inference_fn(model), dark, y[:8], 0.1, seed)
+    self.assertEqual(float(only_dark), 0.)
+
   def testPenalty_IsPositiveAndDoublyDifferentiable_ThroughThePolyphaseGradient(self):
     model = models.build_model("cnn_small", (8, 8, 1), 10, seed=0)
     x, y = _data(16)

@@ -18,7 +18,8 @@ evaluation that runs AutoAttack also runs these checks on a class-stratified sam
 - `gradient`: the input gradient the attacks use (`attacks.inference_fn`; and `input_gradients`' polyphase
   first-layer gradient forced on, whether or not this machine uses it) equals `tf.GradientTape` on the plain model
   to a relative `GRADIENT_RTOL` per example, and no example has an all-zero gradient (AutoAttack's
-  `check_zero_gradients`).
+  `check_zero_gradients`) of the logit margin: unlike cross-entropy's, that gradient does not vanish on a
+  confidently classified example whose softmax saturates in float32, so only a blocked gradient trips it.
 """
 
 import functools
@@ -81,6 +82,17 @@ def _cross_entropy_gradient(model_fn, x, y):
   return tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
+def _margin_gradient(model_fn, x, y):
+  """Input gradient of (largest other logit - true logit), which stays non-zero where softmax saturates."""
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    logits = model_fn(x)
+    true = tf.gather(logits, y, axis=1, batch_dims=1)
+    others = tf.where(tf.one_hot(y, tf.shape(logits)[1]) > 0, tf.fill(tf.shape(logits), logits.dtype.min), logits)
+    loss = tf.reduce_sum(tf.reduce_max(others, axis=1) - true)
+  return tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
 def _polyphase_fn(model):
   """Logits of `model` with the polyphase input gradient on every eligible layer, whether or not it pays off here."""
   def logits(x):
@@ -104,7 +116,8 @@ def check_gradients(model, x, y):
   for path, model_fn in (("attack", attacks.inference_fn(model)), ("polyphase", _polyphase_fn(model))):
     gradient = tf.function(functools.partial(_cross_entropy_gradient, model_fn))
     errors[path] = float(np.max(_relative_errors(gradient(x, y).numpy(), reference), initial=0.0))
-  zero = np.all(reference.reshape(len(reference), -1) == 0, axis=1)
+  margin_gradient = _margin_gradient(lambda images: model(images, training=False), x, y).numpy()
+  zero = np.all(margin_gradient.reshape(len(margin_gradient), -1) == 0, axis=1)
   zero_fraction = float(np.mean(zero)) if len(zero) else 0.0
   return {"max_relative_error": max(errors.values()), "relative_errors": errors, "rtol": GRADIENT_RTOL,
           "polyphase_layers": len(input_gradients.eligible_layers(model)), "zero_gradient_fraction": zero_fraction,

@@ -91,9 +91,9 @@ def fgsm_rs(model_fn, x, y, eps, step_size, seed=None, clip_min=0.0, clip_max=1.
 def gradalign_penalty(model_fn, x, y, eps, seed=None, clip_min=0.0, clip_max=1.0):
   """GradAlign (Andriushchenko & Flammarion 2020): `1 - mean cos(grad_x l(x), grad_x l(x + eta))`, eta ~ U(ball).
 
-  Both input gradients come from one batched pass and stay on the caller's tape, so the penalty is differentiable
-  with respect to the weights (double backpropagation). It is 0 where the loss is linear in the input along the
-  ball (aligned gradients) and up to 2.
+  Both input gradients come from one batched pass; the noisy point's stays on the caller's tape, so the penalty is
+  differentiable with respect to the weights (double backpropagation). It is 0 where the loss is linear in the input
+  along the ball (aligned gradients) and up to 2; the mean runs over examples whose two gradients are non-zero.
 
   Args:
     model_fn: images -> logits, inference mode; must be twice differentiable (`attacks.inference_fn` is).
@@ -113,8 +113,13 @@ def gradalign_penalty(model_fn, x, y, eps, seed=None, clip_min=0.0, clip_max=1.0
     tape.watch(both)
     loss = tf.reduce_sum(_cross_entropy(tf.concat([y, y], axis=0), model_fn(both)))
   gradients = tf.reshape(tape.gradient(loss, both), [2, tf.shape(x)[0], -1])
-  # Squared norms floored before the square root: a confident example's gradient can be exactly 0, where the
-  # gradient of a plain norm is NaN.
-  norms = tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(gradients), axis=2), 1e-30))
-  cosine = tf.reduce_sum(gradients[0] * gradients[1], axis=1) / (norms[0] * norms[1])
-  return 1.0 - tf.reduce_mean(cosine)
+  # As in the reference, the clean gradient is a constant target (no backpropagation through it), and examples
+  # whose gradient is exactly 0 at either point (a saturated softmax) carry no direction and are left out: counting
+  # them as cos = 0 would penalise confident examples, and dividing by their norm is unstable.
+  clean, noisy = tf.stop_gradient(gradients[0]), gradients[1]
+  squared_norms = tf.reduce_sum(tf.square(clean), axis=1), tf.reduce_sum(tf.square(noisy), axis=1)
+  nonzero = tf.logical_and(squared_norms[0] > 0, squared_norms[1] > 0)
+  norms = [tf.sqrt(tf.where(nonzero, squared, tf.ones_like(squared))) for squared in squared_norms]
+  cosine = tf.reduce_sum(clean * noisy, axis=1) / (norms[0] * norms[1])
+  misalignment = tf.where(nonzero, 1.0 - cosine, tf.zeros_like(cosine))
+  return tf.math.divide_no_nan(tf.reduce_sum(misalignment), tf.reduce_sum(tf.cast(nonzero, misalignment.dtype)))
