@@ -250,6 +250,10 @@ class PipelineTest(absltest.TestCase):
                         artifacts[name].get("square_acc")), name)
     self.assertEqual(_read_json(os.path.join(output_dir, "report.json"))["artifacts"], again)
 
+    unattacked = pipeline.export_existing_run(output_dir, _QUIET, artifact_square_examples=0)
+    self.assertEqual([name for name, row in unattacked.items() if "square_acc" in row], [])
+    self.assertEqual(unattacked["float32"]["benign_acc"], artifacts["float32"]["benign_acc"])
+
   def testUnwritableOutputDirectoryIsNamed(self):
     with self.assertRaisesRegex(OSError, "/proc/nope"):
       pipeline.run(_config(), "/proc/nope", _QUIET)

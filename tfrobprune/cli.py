@@ -372,7 +372,8 @@ def _export():
   if not _RUN_DIR.value:
     return _fail("--run_dir is required for `export` (the output directory of a finished run).")
   try:
-    artifacts = pipeline.export_existing_run(_RUN_DIR.value)
+    square_examples = _ARTIFACT_SQUARE_EXAMPLES.value if _ARTIFACT_SQUARE_EXAMPLES.present else None
+    artifacts = pipeline.export_existing_run(_RUN_DIR.value, artifact_square_examples=square_examples)
   except (ValueError, datasets.DataError, OSError) as error:
     return _fail(str(error))
   for name, row in artifacts.items():

@@ -722,12 +722,13 @@ def measure_existing_run(run_dir, rounds=_SPEED_ROUNDS):
                                         model_files.model_name(config.model), rounds=rounds)}
 
 
-def export_existing_run(run_dir, options=RunOptions()):
+def export_existing_run(run_dir, options=RunOptions(), artifact_square_examples=None):
   """Re-exports a finished run (a new SavedModel version and fresh TFLite files), verifying every artifact.
 
   Args:
     run_dir: the output directory of a run whose fine-tuning has finished.
     options: a `RunOptions` (only `log` is used).
+    artifact_square_examples: examples Square attacks in each TFLite file (0: none); None keeps the run's setting.
 
   Returns:
     The artifacts section (also written into the run's report.json).
@@ -737,6 +738,8 @@ def export_existing_run(run_dir, options=RunOptions()):
   """
   report = _finished_report(run_dir)
   config = config_lib.RunConfig.from_dict(report["config"])
+  if artifact_square_examples is not None:
+    config = dataclasses.replace(config, artifact_square_examples=artifact_square_examples)
   dataset, validation, _ = _load_data(config)
   ctx = _RunContext(config, options, run_dir, dataset, validation, _NoProgress(), None)
   dense_name, pruned_name = _final_model_names(config)

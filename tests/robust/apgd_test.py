@@ -96,6 +96,14 @@ class ApgdOnTrainedModelTest(tf.test.TestCase, parameterized.TestCase):
     self.assertBetween(robust.mean(), 0.1, 0.9)  # both verdicts occur
     self.assertFalse(np.any(robust & ~self.clean_correct))
 
+  @parameterized.parameters("ce", "targeted")
+  def testModelWithoutGradient_RunsAndStaysInTheBall(self, kind):
+    attack = apgd.apgd_targeted if kind == "targeted" else apgd.apgd
+    x_adv, robust = tf.function(lambda x, y: attack(utils.stop_gradient_fn(self.model), x, y, 0.1, nb_iter=5,
+                                                    seed=utils.seed(1, 2)))(self.x, self.y)
+    self.assertLessEqual(utils.perturbation_norms(x_adv.numpy(), self.x, "linf").max(), 0.1 * (1 + 1e-5))
+    self.assertAllEqual(robust, utils.predictions(self.model, x_adv.numpy()) == self.y)
+
   def testApgdCe_IsAtLeastAsStrongAsPgd_WithTheSameBudget(self):
     eps, steps = 0.05, 50  # an eps at which both attacks leave part of the examples robust
     pgd = tf.function(lambda x, y: attacks.pgd_with_restarts(self.model_fn, x, y, eps, 2.5 * eps / steps, steps,

@@ -26,6 +26,11 @@ def trained_fashion_mnist(train_examples=4000, test_examples=200, epochs=3):
   return attacks.inference_fn(model), model, x, y
 
 
+def stop_gradient_fn(model):
+  """Logits of `model` behind `tf.stop_gradient`: the same predictions, no input gradient (None in TensorFlow)."""
+  return lambda x: tf.stop_gradient(model(x, training=False))
+
+
 def linear_model(kernel, bias, input_shape=(4, 4, 1)):
   """A Keras model computing logits = flatten(x) @ kernel + bias with the given weights."""
   model = keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(kernel.shape[1])])

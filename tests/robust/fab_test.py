@@ -130,6 +130,12 @@ class FabOnTrainedModelTest(tf.test.TestCase, parameterized.TestCase):
     self.assertBetween(robust.mean(), 0.1, 0.9)
     self.assertAllEqual(x_adv[robust], self.x[robust])  # FAB keeps nothing outside the ball: x where it failed
 
+  def testModelWithoutGradient_RunsAndStaysInTheBall(self):
+    x_adv, robust = tf.function(lambda x, y: fab.fab_targeted(utils.stop_gradient_fn(self.model), x, y, 0.1,
+                                                              nb_iter=5))(self.x, self.y)
+    self.assertLessEqual(utils.perturbation_norms(x_adv.numpy(), self.x, "linf").max(), 0.1 * (1 + 1e-5))
+    self.assertAllEqual(robust, utils.predictions(self.model, x_adv.numpy()) == self.y)
+
   def testCompilesOnceForTwoBatchesOfTheSameShape(self):
     attack = tf.function(lambda x, y, s: fab.fab_targeted(self.model_fn, x, y, 0.1, nb_iter=3, num_targets=2,
                                                           restarts=2, seed=s))

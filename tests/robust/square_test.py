@@ -152,6 +152,18 @@ class SquareTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllEqual(queries, np.full(5, 21))
     self.assertAllInRange(x_adv - self.x[:5], -0.1 - 1e-6, 0.1 + 1e-6)
 
+  def testSquareLinf_EveryQueryChangesThePoint(self):
+    queried = []
+
+    def tied_and_recorded(images):  # every change keeps the margin (0), so every proposal is kept
+      queried.append(np.array(images))
+      return np.zeros((len(images), _CLASSES), np.float32)
+
+    square.square_attack(tied_and_recorded, self.x[:4], self.y[:4], 0.1, n_queries=300, seed=3)
+    steps = np.stack(queried[:301])  # the start, then one proposal per iteration (the final re-check excluded)
+    unchanged = np.all(np.abs(np.diff(steps, axis=0)) < 1e-7, axis=(2, 3, 4))
+    self.assertFalse(unchanged.any(), f"{unchanged.sum()} of {unchanged.size} queries repeated the last point")
+
   def testSquareFraction_FollowsTheScheduleAndItsRescaling(self):
     fractions = [square._square_fraction(i, 5000, 0.8, False) for i in (0, 10, 11, 50, 51, 4001, 6001, 9000)]
     self.assertAllClose(fractions, [0.8, 0.8, 0.4, 0.4, 0.2, 0.8 / 128, 0.8 / 256, 0.8 / 512])

@@ -231,18 +231,14 @@ def _correct(model, x, y, batch_size):
 
 
 def attack_model_fn(model, model_fn):
-  """`model_fn` (images -> logits of `model`) made safe for the attacks, which gather the examples still robust:
-
-  - an empty batch gives empty logits without running the model (TensorFlow's oneDNN convolutions fail on a batch
-    of 0 images, and an attack's later target classes or restarts meet one whenever all its examples fell earlier);
-  - the input gradient is zeros, not None, where the model stops its gradient (`tf.stop_gradient`): the gradient
-    attacks run (and fail) on such a model, and the gradient-masking checks report it.
-  """
+  """`model_fn` (images -> logits of `model`) made safe for the attacks, which gather the examples still robust: an
+  empty batch gives empty logits without running the model (TensorFlow's oneDNN convolutions fail on a batch of 0
+  images, and an attack's later target classes or restarts meet one whenever all its examples fell earlier). A
+  model that stops its input gradient needs nothing here: the attacks take a missing gradient as zero."""
   classes = model.output_shape[-1]
 
   def logits(x):
-    out = tf.cond(tf.shape(x)[0] > 0, lambda: model_fn(x), lambda: tf.zeros([0, classes], tf.float32))
-    return out + 0.0 * tf.reduce_sum(x, axis=tf.range(1, tf.rank(x)))[:, None]
+    return tf.cond(tf.shape(x)[0] > 0, lambda: model_fn(x), lambda: tf.zeros([0, classes], tf.float32))
 
   return logits
 

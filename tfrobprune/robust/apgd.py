@@ -182,7 +182,8 @@ def _loss_and_grad(run, points):
     tape.watch(points)
     logits = run.model_fn(points)
     loss = run.loss_fn(logits, run.y, run.target)
-  return tf.not_equal(tf.argmax(logits, axis=1), run.y), loss, tape.gradient(loss, points)
+  return tf.not_equal(tf.argmax(logits, axis=1), run.y), loss, tape.gradient(
+      loss, points, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def _start(run, seed):

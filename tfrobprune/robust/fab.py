@@ -104,7 +104,8 @@ def _margin_and_grad(run, points):
     logits = run.model_fn(points)
     margin = (tf.gather(logits, run.target, axis=1, batch_dims=1) -
               tf.gather(logits, run.y, axis=1, batch_dims=1))
-  return margin, tape.gradient(margin, points)
+  return margin, tape.gradient(
+      margin, points, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def _boundary_step(run, x1):

@@ -17,7 +17,9 @@ Differences from the reference, each deliberate:
 - a change that leaves the margin equal is kept too (the reference keeps only a lower one): the quantized logits
   of an int8 file are flat over most single-window changes, and drifting across such a plateau is how the search
   gets off it; for float logits an equal margin practically means the change did nothing;
-- every window position is possible (the reference never places a window at the last row or column).
+- every window position is possible (the reference never places a window at the last row or column);
+- where the drawn signs would leave an example's window as it is (L-inf), the reference redraws them until the
+  window changes; here they are flipped, which is the same for one channel and keeps the draws per example.
 
 `keras_logits_fn` and `tflite_logits_fn` turn a Keras model or a LiteRT flatbuffer into the numpy `logits_fn`.
 """
@@ -207,6 +209,8 @@ class _Search:
     window = (slice(None), slice(top, top + side), slice(left, left + side))
     signs = self._signs((1, 1, channels))
     old = self.best[window].copy()
+    unchanged = np.all(np.abs(np.where(signs > 0, self.high[window], self.low[window]) - old) < 1e-7, axis=(1, 2, 3))
+    signs[unchanged] *= -1  # the window is already at that vertex: the opposite one, so no query is wasted
     self.best[window] = np.where(signs > 0, self.high[window], self.low[window])
     margin = self._query(self.best)
     kept = margin <= self.margin
