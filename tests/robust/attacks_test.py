@@ -165,6 +165,28 @@ class AttackTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllEqual(x_adv[robust], self.x[robust])  # examples no start fooled keep their input
     self.assertLessEqual(np.max(np.abs(x_adv - self.x)), 0.1 + 1e-6)
 
+  def testRestarts_AttackOnlyTheExamplesStillRobust(self):
+    model_fn, x, y = _start_dependent_problem()
+    y = y.copy()
+    y[:8] = 1  # eight examples the model gets wrong unattacked: never attacked
+    images_seen = tf.Variable(0)  # counted in the graph too (cleverhans compiles its gradient step)
+
+    def counting_model_fn(images):
+      images_seen.assign_add(tf.shape(images)[0])
+      return model_fn(images)
+
+    _, robust = attacks.pgd_with_restarts(counting_model_fn, x, y, 0.1, 0.02, 5, restarts=3,
+                                          seed=tf.constant([7, 0], tf.int64))
+    robust_before = [64 - 8] + [int(np.sum(_seeded_restarts(model_fn, x, y, r)[1])) for r in (1, 2)]
+    # The clean check on all 64, then per restart 5 gradient steps and one re-check on the examples robust before it.
+    self.assertEqual(int(images_seen.numpy()), 64 + 6 * sum(robust_before))
+    self.assertLess(robust_before[2], robust_before[0])
+    self.assertAllEqual(robust, _seeded_restarts(model_fn, x, y, 3)[1])
+
+  def testRestarts_NoExampleLeftToAttack_SkipsTheAttack(self):
+    _, robust = attacks.pgd_with_restarts(self.model_fn, self.x, 1 - self.y, 0.1, 0.02, 5, restarts=2)
+    self.assertFalse(np.any(robust))
+
   def testTensorEpsilonInsideTfFunctionTracesOnce(self):
     fn = tf.function(lambda x, y, eps: attacks.pgd(self.model_fn, x, y, eps, eps / 4, 3))
     a = fn(self.x, self.y, tf.constant(0.1))

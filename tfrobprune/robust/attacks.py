@@ -133,15 +133,24 @@ def pgd(model_fn, x, y, eps, eps_iter, nb_iter, norm="linf", rand_init=True, cli
   Returns:
     Adversarial images within `eps` of `x` (in `norm`) and within [clip_min, clip_max].
   """
+  _check_pgd_arguments(eps, eps_iter, nb_iter, y)
+  eta = random_start(tf.shape(x), norm, eps, seed, x.dtype) if rand_init else tf.zeros_like(x)
+  return _pgd_from(model_fn, x, y, eta, eps, eps_iter, nb_iter, norm, clip_min, clip_max, loss_fn)
+
+
+def _check_pgd_arguments(eps, eps_iter, nb_iter, y):
   _check_budget(eps, eps_iter, nb_iter)
   if isinstance(eps, (int, float)) and isinstance(eps_iter, (int, float)) and eps_iter > eps:
     raise ValueError(f"eps_iter ({eps_iter}) must not exceed eps ({eps}).")
   if y is None:
     raise ValueError("pgd needs the true labels y (cleverhans would attack the model's own predictions).")
+
+
+def _pgd_from(model_fn, x, y, eta, eps, eps_iter, nb_iter, norm, clip_min, clip_max, loss_fn=None):
+  """PGD's iterations from the start x + eta (arguments checked by the caller)."""
   order = _norm_order(norm)
   eps = tf.cast(eps, x.dtype)
   eps_iter = tf.minimum(tf.cast(eps_iter, x.dtype), eps)
-  eta = random_start(tf.shape(x), norm, eps, seed, x.dtype) if rand_init else tf.zeros_like(x)
   x_adv = tf.clip_by_value(x + clip_eta(eta, order, eps), clip_min, clip_max)
 
   def iteration(i, x_adv):
@@ -158,6 +167,10 @@ def pgd_with_restarts(model_fn, x, y, eps, eps_iter, nb_iter, restarts=1, norm="
                       seed=None):
   """PGD from several random starts; per example keeps the first start that fools the model.
 
+  Each start attacks only the examples that the model still classifies correctly after the earlier ones (the
+  others' verdict is settled), gathered into a smaller batch. The random starts are drawn for the whole batch, so an
+  example starts from the same point, and gets the same verdict, as if every example were attacked every time.
+
   Args:
     model_fn, x, y, eps, eps_iter, nb_iter, norm, clip_min, clip_max: as in `pgd`.
     restarts: number of random starts (>= 1).
@@ -168,17 +181,26 @@ def pgd_with_restarts(model_fn, x, y, eps, eps_iter, nb_iter, restarts=1, norm="
   """
   if not isinstance(restarts, int) or restarts < 1:
     raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}.")
+  _check_pgd_arguments(eps, eps_iter, nb_iter, y)
   y = tf.cast(y, tf.int64)
   robust = tf.equal(tf.argmax(model_fn(x), axis=1), y)
 
+  def attack_robust_rows(eta, x_adv, robust):
+    rows = tf.where(robust)
+    candidate = _pgd_from(model_fn, tf.gather_nd(x, rows), tf.gather_nd(y, rows), tf.gather_nd(eta, rows), eps,
+                          eps_iter, nb_iter, norm, clip_min, clip_max)
+    fooled = tf.not_equal(tf.argmax(model_fn(candidate), axis=1), tf.gather_nd(y, rows))
+    newly_fooled = tf.tensor_scatter_nd_update(tf.zeros_like(robust), rows, fooled)
+    x_adv = tf.tensor_scatter_nd_update(x_adv, tf.boolean_mask(rows, fooled), tf.boolean_mask(candidate, fooled))
+    return x_adv, tf.logical_and(robust, tf.logical_not(newly_fooled))
+
   def restart(r, x_adv, robust):
     restart_seed = None if seed is None else tf.cast(seed, tf.int64) + tf.stack([tf.constant(0, tf.int64), r])
-    candidate = pgd(model_fn, x, y, eps, eps_iter, nb_iter, norm=norm, rand_init=True, clip_min=clip_min,
-                    clip_max=clip_max, seed=restart_seed)
-    fooled = tf.not_equal(tf.argmax(model_fn(candidate), axis=1), y)
-    newly_fooled = tf.logical_and(robust, fooled)
-    x_adv = tf.where(tf.reshape(newly_fooled, [-1] + [1] * (len(x.shape) - 1)), candidate, x_adv)
-    return r + 1, x_adv, tf.logical_and(robust, tf.logical_not(fooled))
+    eta = random_start(tf.shape(x), norm, eps, restart_seed, x.dtype)
+    # No rows left: skip the attack (oneDNN's convolutions fail on an empty batch).
+    x_adv, robust = tf.cond(tf.reduce_any(robust), lambda: attack_robust_rows(eta, x_adv, robust),
+                            lambda: (x_adv, robust))
+    return r + 1, x_adv, robust
 
   # The restarts are a graph loop too (around the iterations' loop): one copy of the attack in the graph.
   _, x_adv, robust = tf.while_loop(lambda r, *_: r < restarts, restart, (tf.constant(0, tf.int64), x, robust))
