@@ -50,16 +50,8 @@ class ScheduleAndLossTest(tf.test.TestCase):
 
 
 @absltest.skipUnless(utils.HAS_FASHION_MNIST, utils.SKIP_REASON)
-class ApgdOnTrainedModelTest(tf.test.TestCase, parameterized.TestCase):
+class ApgdOnTrainedModelTest(utils.TrainedFashionMnistFixture, tf.test.TestCase, parameterized.TestCase):
   """APGD-CE, APGD-DLR and APGD-T on a cnn_small fit to Fashion-MNIST; each compiled once per setting."""
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    model_fn, cls.model, cls.x, cls.y = utils.trained_fashion_mnist()
-    cls.model_fn = staticmethod(model_fn)
-    cls.clean_correct = utils.predictions(cls.model, cls.x) == cls.y
-    cls._compiled = {}
 
   def _attack(self, kind, norm="linf", eps=None, nb_iter=50, seed=(1, 2)):
     """(x_adv, robust) as numpy arrays; one compiled function per (kind, norm, nb_iter), eps a tensor."""

@@ -31,6 +31,19 @@ def stop_gradient_fn(model):
   return lambda x: tf.stop_gradient(model(x, training=False))
 
 
+class TrainedFashionMnistFixture:
+  """A test-case mixin: `model`, `model_fn`, `x`, `y` (`trained_fashion_mnist`, built once per process),
+  `clean_correct`, and `_compiled`, a per-class cache of compiled attacks."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    model_fn, cls.model, cls.x, cls.y = trained_fashion_mnist()
+    cls.model_fn = staticmethod(model_fn)
+    cls.clean_correct = predictions(cls.model, cls.x) == cls.y
+    cls._compiled = {}
+
+
 def linear_model(kernel, bias, input_shape=(4, 4, 1)):
   """A Keras model computing logits = flatten(x) @ kernel + bias with the given weights."""
   model = keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(kernel.shape[1])])

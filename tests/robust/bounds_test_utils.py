@@ -3,7 +3,7 @@ verification): small random models of every supported kind, data, and sampling i
 
 import numpy as np
 
-from tfrobprune.keras_compat import keras
+from tfrobprune.keras_compat import keras, tf
 from tfrobprune import models
 
 layers = keras.layers
@@ -107,3 +107,27 @@ def apply_per_example(model, points):
   """Runs [batch, samples, ...] points through the model: [batch, samples, outputs...]."""
   outputs = model(points.reshape((-1,) + points.shape[2:]), training=False).numpy()
   return outputs.reshape(points.shape[:2] + outputs.shape[1:])
+
+
+def assert_weight_gradients_finite(test, model, loss_of_eps, in_tf_function):
+  """`loss_of_eps(eps)`, a scalar bound-based loss, has a finite gradient for every trainable weight of `model` at
+  eps 0 (where bounds collapse onto a point and divisions by interval widths could blow up) and at eps 0.05."""
+
+  def gradients(eps):
+    with tf.GradientTape() as tape:
+      loss = loss_of_eps(eps)
+    return tape.gradient(loss, model.trainable_weights)
+
+  for eps in (0., .05):
+    results = (tf.function(gradients) if in_tf_function else gradients)(tf.constant(eps))
+    test.assertNotIn(None, results)
+    for gradient in results:
+      test.assertAllEqual(tf.math.is_finite(gradient), tf.ones_like(gradient, tf.bool))
+
+
+def assert_traces_once_as_eps_and_beta_ramp(test, bound_fn, x, y):
+  """`bound_fn(x, y, eps, beta)` compiled once serves a ramp of eps and beta (tensors, not retraced constants)."""
+  compiled = tf.function(bound_fn)
+  for step in range(3):
+    compiled(tf.constant(x), tf.constant(y), tf.constant(.01 * step), tf.constant(1. - step / 2.))
+  test.assertEqual(compiled.experimental_get_tracing_count(), 1)

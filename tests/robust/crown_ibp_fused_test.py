@@ -6,7 +6,7 @@ from absl.testing import parameterized
 import numpy as np
 
 from bounds_test_utils import CROWN_MODELS, NUM_CLASSES, TOLERANCE, apply_per_example, make_data, make_model
-from bounds_test_utils import sample_box
+from bounds_test_utils import assert_traces_once_as_eps_and_beta_ramp, assert_weight_gradients_finite, sample_box
 from tfrobprune.keras_compat import keras, tf
 from tfrobprune.robust import crown_ibp
 from tfrobprune.robust import crown_ibp_fused
@@ -110,27 +110,15 @@ class TrainingTest(tf.test.TestCase, parameterized.TestCase):
   def testGradients_AreFiniteForAllWeights_EvenAtZeroEpsilon(self, name, in_tf_function):
     model = make_model(name)
     x, y = make_data(model, 4)
-
-    def gradients(eps):
-      with tf.GradientTape() as tape:
-        losses, _ = crown_ibp_fused.robust_cross_entropy(model, x, y, eps, NUM_CLASSES, .5)
-        loss = tf.reduce_mean(losses)
-      return tape.gradient(loss, model.trainable_weights)
-
-    for eps in (0., .05):
-      results = (tf.function(gradients) if in_tf_function else gradients)(tf.constant(eps))
-      self.assertNotIn(None, results)
-      for gradient in results:
-        self.assertAllEqual(tf.math.is_finite(gradient), tf.ones_like(gradient, tf.bool))
+    assert_weight_gradients_finite(
+        self, model, lambda eps: tf.reduce_mean(
+            crown_ibp_fused.robust_cross_entropy(model, x, y, eps, NUM_CLASSES, .5)[0]), in_tf_function)
 
   def testTracesOnceAsEpsilonAndBetaRamp(self):
     model = make_model("mlp")
     x, y = make_data(model, 4)
-    compiled = tf.function(lambda x, y, eps, beta: crown_ibp_fused.robust_cross_entropy(model, x, y, eps,
-                                                                                         NUM_CLASSES, beta))
-    for step in range(3):
-      compiled(tf.constant(x), tf.constant(y), tf.constant(.01 * step), tf.constant(1. - step / 2.))
-    self.assertEqual(compiled.experimental_get_tracing_count(), 1)
+    assert_traces_once_as_eps_and_beta_ramp(
+        self, lambda x, y, eps, beta: crown_ibp_fused.robust_cross_entropy(model, x, y, eps, NUM_CLASSES, beta), x, y)
 
   def testUnsupportedModel_RaisesNamingTheLayer(self):
     model = make_model("residual")

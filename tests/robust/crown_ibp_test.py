@@ -5,6 +5,7 @@ from absl.testing import parameterized
 import numpy as np
 
 from bounds_test_utils import NUM_CLASSES, TOLERANCE, make_data, make_model
+from bounds_test_utils import assert_traces_once_as_eps_and_beta_ramp, assert_weight_gradients_finite
 from tfrobprune.keras_compat import keras, tf
 # Tests name local results `crown_ibp` and `margins`; the modules are `crown_ibp_lib` and `margins_lib`.
 from tfrobprune.robust import crown_ibp as crown_ibp_lib
@@ -88,27 +89,16 @@ class CrownIbpTest(tf.test.TestCase, parameterized.TestCase):
   def testTrainingMargins_GradientsAreFiniteForAllWeights_EvenAtZeroEpsilon(self, name, in_tf_function):
     model = make_model(name)
     x, y = make_data(model, 4)
-
-    def gradients(eps):
-      with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(margins_lib.robust_cross_entropy(
-            crown_ibp_lib.crown_ibp_training_margins(model, x, y, eps, NUM_CLASSES, .5)))
-      return tape.gradient(loss, model.trainable_weights)
-
-    for eps in (0., .05):
-      results = (tf.function(gradients) if in_tf_function else gradients)(tf.constant(eps))
-      self.assertNotIn(None, results)
-      for gradient in results:
-        self.assertAllEqual(tf.math.is_finite(gradient), tf.ones_like(gradient, tf.bool))
+    assert_weight_gradients_finite(
+        self, model, lambda eps: tf.reduce_mean(margins_lib.robust_cross_entropy(
+            crown_ibp_lib.crown_ibp_training_margins(model, x, y, eps, NUM_CLASSES, .5))), in_tf_function)
 
   def testTrainingMargins_TracesOnceAsEpsilonAndBetaRamp(self):
     model = make_model("mlp")
     x, y = make_data(model, 4)
-    compiled = tf.function(lambda x, y, eps, beta: crown_ibp_lib.crown_ibp_training_margins(model, x, y, eps,
-                                                                                             NUM_CLASSES, beta))
-    for step in range(3):
-      compiled(tf.constant(x), tf.constant(y), tf.constant(.01 * step), tf.constant(1. - step / 2.))
-    self.assertEqual(compiled.experimental_get_tracing_count(), 1)
+    assert_traces_once_as_eps_and_beta_ramp(
+        self, lambda x, y, eps, beta: crown_ibp_lib.crown_ibp_training_margins(model, x, y, eps, NUM_CLASSES, beta),
+        x, y)
 
   @parameterized.parameters(("residual", "residual_add", "Add"), ("conv_pool", "activation", "Activation"))
   def testUnsupportedModel_RaisesNamingTheLayer(self, name, layer_name, class_name):

@@ -92,16 +92,8 @@ class FabOnLinearModelTest(tf.test.TestCase, parameterized.TestCase):
 
 
 @absltest.skipUnless(utils.HAS_FASHION_MNIST, utils.SKIP_REASON)
-class FabOnTrainedModelTest(tf.test.TestCase, parameterized.TestCase):
+class FabOnTrainedModelTest(utils.TrainedFashionMnistFixture, tf.test.TestCase, parameterized.TestCase):
   """FAB-T on a cnn_small fit to Fashion-MNIST, compiled once per norm and budget with eps a tensor."""
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    model_fn, cls.model, cls.x, cls.y = utils.trained_fashion_mnist()
-    cls.model_fn = staticmethod(model_fn)
-    cls.clean_correct = utils.predictions(cls.model, cls.x) == cls.y
-    cls._compiled = {}
 
   def _attack(self, norm="linf", eps=None, nb_iter=50):
     if (norm, nb_iter) not in self._compiled:

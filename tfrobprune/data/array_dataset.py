@@ -7,14 +7,29 @@ import numpy as np
 
 from tfrobprune.data import errors
 
-__all__ = ["ArrayDataset", "MIN_STD", "as_labels", "check_counts", "check_labels", "to_unit_float"]
+__all__ = ["ArrayDataset", "ImageClassification", "MIN_STD", "as_labels", "check_counts", "check_labels", "to_unit_float"]
 
 # A std below this is clamped so that the model's `(x - mean) / std` layer never divides by ~0 (constant channels).
 MIN_STD = 1e-3
 
 
+class ImageClassification:
+  """What both kinds of dataset (`ArrayDataset`, `streaming_dataset.StreamingDataset`) derive the same way from their
+  `x_train` (anything with an NHWC `shape`) and `class_names`."""
+
+  @property
+  def input_shape(self) -> tuple[int, int, int]:
+    """(H, W, C) of one image."""
+    return tuple(int(d) for d in self.x_train.shape[1:])
+
+  @property
+  def num_classes(self) -> int:
+    """The number of classes, `len(class_names)`."""
+    return len(self.class_names)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: field-wise `==` on numpy arrays is ambiguous.
-class ArrayDataset:
+class ArrayDataset(ImageClassification):
   """A train/test split held in memory.
 
   Arrays are converted on construction (no copy when they already have the right dtype) and checked: images
@@ -64,16 +79,6 @@ class ArrayDataset:
     check_labels(y, len(self.class_names), source)
     if x.size and not (x.min() >= 0.0 and x.max() <= 1.0):  # also catches NaN
       raise errors.DataError(f"In {source}: pixel values must lie in [0, 1], got [{x.min()}, {x.max()}].")
-
-  @property
-  def input_shape(self) -> tuple[int, int, int]:
-    """(H, W, C) of one image."""
-    return tuple(int(d) for d in self.x_train.shape[1:])
-
-  @property
-  def num_classes(self) -> int:
-    """The number of classes, `len(class_names)`."""
-    return len(self.class_names)
 
   @functools.cached_property
   def mean(self) -> np.ndarray:

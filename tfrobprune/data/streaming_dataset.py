@@ -25,7 +25,7 @@ __all__ = ["StreamingDataset", "check_image_size", "open_streaming"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class StreamingDataset:
+class StreamingDataset(array_dataset.ImageClassification):
   """A train/test split with streamed training images (see the module docstring).
 
   Attributes:
@@ -59,16 +59,6 @@ class StreamingDataset:
     if tuple(self.x_test.shape[1:]) != self.input_shape:
       raise errors.DataError(f"Dataset {self.name!r}: train images are {self.input_shape} but test images are "
                              f"{self.x_test.shape[1:]}.")
-
-  @property
-  def input_shape(self) -> tuple[int, int, int]:
-    """(H, W, C) of one image."""
-    return tuple(int(d) for d in self.x_train.shape[1:])
-
-  @property
-  def num_classes(self) -> int:
-    """The number of classes, `len(class_names)`."""
-    return len(self.class_names)
 
   @functools.cached_property
   def _moments(self):
