@@ -73,6 +73,14 @@ class ChannelsToRemoveTest(parameterized.TestCase):
     self.assertEqual(list(removed["small"]), [0, 2])
     self.assertEqual(list(removed["large"]), [1, 3])
 
+  def testGlobalScope_NormalisesByTheChannelsStillPresent(self):
+    # Group a lost two channels at an earlier turn (score 0); its two left score 1, at its present channels' mean.
+    # Counting the removed ones would halve a's mean and rank its channels above b's 1.5.
+    scores = {"a": np.array([0.0, 0.0, 1.0, 1.0]), "b": np.array([0.5, 1.5, 1.5, 0.5])}
+    removed = channels.channels_to_remove(scores, 5 / 8, "global")
+    self.assertEqual(list(removed["a"]), [0, 1, 2])
+    self.assertEqual(list(removed["b"]), [0, 3])
+
   def testGlobalScope_RemovesTheFractionOfAllChannels(self):
     rng = np.random.default_rng(0)
     scores = {"a": rng.random(16), "b": rng.random(32) * 5, "c": rng.random(100)}

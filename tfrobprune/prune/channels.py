@@ -6,8 +6,9 @@ weight that reads it). Each channel's score is the norm of its filter (L1 or L2 
 mean over the producers of a residual group), times the mean |gamma| of the BatchNorms on it where there are any
 (Torch-Pruning's group norm with network slimming's BN scale). Scope 'layer' removes the `round(s * n)` lowest
 channels of every group; scope 'global' ranks all groups' channels together after dividing each group's scores by
-their mean (Torch-Pruning's normaliser: raw norms grow with a layer's fan-in and would not compare). Every group
-keeps at least one channel.
+their mean over the channels still present (Torch-Pruning's normaliser: raw norms grow with a layer's fan-in and
+would not compare; channels a gradual schedule already removed score 0 and would drag a group's mean down, shielding
+the groups pruned hardest). Every group keeps at least one channel.
 
 Masks (`channel_masks`) zero the removed channels' output columns in the producers and their input rows in the
 consumers, so the masked model already computes what the shrunken one will: whatever a removed channel still
@@ -85,10 +86,16 @@ def channels_to_remove(scores, sparsity, scope="layer"):
   return _global_removal(scores, sparsity)
 
 
+def _relative_to_present(score):
+  """`score` divided by its mean over the channels not yet removed (score > 0); all ones if none is left."""
+  present = score[score > 0]
+  return score / np.mean(present) if present.size else np.ones_like(score)
+
+
 def _global_removal(scores, sparsity):
   """One ranking over every group's mean-normalised scores; a group whose last channel comes up keeps it."""
   names = list(scores)
-  normalised = [score / np.mean(score) if np.mean(score) > 0 else np.ones_like(score) for score in scores.values()]
+  normalised = [_relative_to_present(score) for score in scores.values()]
   owner = np.concatenate([np.full(len(score), index) for index, score in enumerate(normalised)])
   channel = np.concatenate([np.arange(len(score)) for score in normalised])
   budget = int(round(sparsity * owner.size))
