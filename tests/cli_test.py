@@ -118,7 +118,7 @@ class FlagfilesTest(absltest.TestCase):
     self.assertEqual((config.pretrain_objective.name, config.finetune_objective.name), ("pgd", "pgd"))
     self.assertEqual((config.pretrain_objective.eps, config.evaluation.eps, config.sparsities), (0.1, 0.1, (0.9,)))
 
-  def testNfgsmFlagfile_IsTheReferenceWithNfgsmInBothPhases(self):
+  def testNfgsmFlagfile_IsTheReferenceWithNfgsmInBothPhasesAtTwiceTheLearningRates(self):
     def config_of(name):
       with flagsaver.flagsaver():
         cli.flags.FLAGS.unparse_flags()
@@ -132,6 +132,8 @@ class FlagfilesTest(absltest.TestCase):
       for config in (reference, nfgsm):
         for field in ("name", "pgd_steps", "pgd_step_size"):
           config[phase].pop(field)
+    for phase in ("pretrain", "finetune"):  # N-FGSM trains at twice the reference's learning rates
+      self.assertEqual(nfgsm[phase].pop("learning_rate"), 2 * reference[phase].pop("learning_rate"))
     self.assertEqual(nfgsm, reference)
 
   def testChannelFlagfile_PrunesHalfTheChannelsOfTheReferenceSetting(self):
