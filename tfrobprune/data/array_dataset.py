@@ -7,7 +7,8 @@ import numpy as np
 
 from tfrobprune.data import errors
 
-__all__ = ["ArrayDataset", "ImageClassification", "MIN_STD", "as_labels", "check_counts", "check_labels", "to_unit_float"]
+__all__ = ["ArrayDataset", "ImageClassification", "MIN_STD", "as_labels", "check_counts", "check_labels",
+           "to_unit_float"]
 
 # A std below this is clamped so that the model's `(x - mean) / std` layer never divides by ~0 (constant channels).
 MIN_STD = 1e-3

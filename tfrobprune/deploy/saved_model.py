@@ -60,8 +60,8 @@ def _checked_pixels(images):
   """`images`, once they are known to be finite and in [0, 1]; otherwise the call fails naming the problem.
 
   A finite check, then the batch's min and max: three passes over the images that write nothing, where a
-  comparison per bound would write a boolean tensor each and reduce it again (on a small model the checks were a
-  fifth of a call at batch 128).
+  comparison per bound would write a boolean tensor each and reduce it again (a small model's serving call is
+  dominated by such fixed costs; docs/structured_pruning.md).
   """
   images = tf.debugging.check_numerics(images, "images must be finite (no NaN or Inf).")
   in_range = [
