@@ -17,6 +17,14 @@ _BUDGET = autoattack.Budget(nb_iter=10, num_targets=2, n_queries=300)
 _EPS = 0.2  # the naturally trained model loses nearly everything to the gradient attacks, little to Square
 
 
+def _result(fooled_by, stage_names):
+  """An ensemble result on len(fooled_by) clean-correct examples (only the fields the Square check reads)."""
+  count = len(fooled_by)
+  return autoattack.AutoAttackResult(stage_names=tuple(stage_names), correct=np.ones(count, bool),
+                                     fooled_by=np.asarray(fooled_by), x_adv=None, attacked=[count] * len(stage_names),
+                                     seconds=[0.0] * len(stage_names), budget=_BUDGET, version="custom")
+
+
 class GradientMaskingTest(tf.test.TestCase):
 
   @classmethod
@@ -37,7 +45,10 @@ class GradientMaskingTest(tf.test.TestCase):
     self.assertEqual(checks["examples"], 60)
     self.assertEqual(checks["large_eps"]["eps"], 0.5)
     self.assertLessEqual(checks["large_eps"]["robust_acc"], gradient_masking.LARGE_EPS_MAX_ACC)
-    self.assertGreaterEqual(checks["square_vs_whitebox"]["square_acc"], checks["square_vs_whitebox"]["whitebox_acc"])
+    square = checks["square_vs_whitebox"]
+    self.assertEqual(square["examples"], 60)
+    self.assertEqual(square["square_broke"], 0)
+    self.assertEqual(square["after_square_acc"], square["whitebox_acc"])
     self.assertEqual(checks["gradient"]["polyphase_layers"], 1)  # cnn_small's strided 1-channel conv1
     self.assertLess(checks["gradient"]["max_relative_error"], 1e-4)
     self.assertEqual(gradient_masking.warnings(checks, "dense"), [])
@@ -51,11 +62,27 @@ class GradientMaskingTest(tf.test.TestCase):
     self.assertEqual(checks["gradient"]["zero_gradient_fraction"], 1.0)
     warnings = gradient_masking.warnings(checks, "s0.9")
     self.assertLen(warnings, 3)
-    for warning, phrase in zip(warnings, ("APGD-CE at eps 0.5", "Square alone", "input gradient")):
+    for warning, phrase in zip(warnings, ("APGD-CE at eps 0.5", "Square (no gradients) broke", "input gradient")):
       self.assertIn("s0.9", warning)
       self.assertIn(phrase, warning)
     self.assertEqual(gradient_masking.report_warnings({"dense": {"masking_checks": checks}, "s0.9": {}}),
                      gradient_masking.warnings(checks, "dense"))
+
+  def testSquareCheckIsAutoAttacksCheckSquareSrOnTheEnsemblesResult(self):
+    # 1,000 examples, 700 left robust by the white-box attacks; AutoAttack's threshold is 0.2% of all examples.
+    for square_broke, passed in ((2, True), (3, False)):
+      fooled_by = np.full(1000, -1)
+      fooled_by[700:] = 0  # APGD-CE
+      fooled_by[:square_broke] = 3  # Square, which ran last
+      check = gradient_masking.check_square_vs_whitebox(_result(fooled_by, autoattack.VERSIONS["standard"]))
+      self.assertEqual((check["square_broke"], check["passed"]), (square_broke, passed))
+      self.assertAlmostEqual(check["whitebox_acc"], 0.7)
+      self.assertAlmostEqual(check["after_square_acc"], (700 - square_broke) / 1000)
+
+  def testSquareCheckNeedsSquareAfterTheWhiteBoxAttacks(self):
+    fooled_by = np.full(10, -1)
+    for names in (("apgd-ce", "apgd-t"), ("square",), ("apgd-ce", "square", "fab-t")):
+      self.assertIsNone(gradient_masking.check_square_vs_whitebox(_result(fooled_by, names)), names)
 
   def testSaturatedSoftmaxIsNotAZeroGradient(self):
     # A very confident linear model: cross-entropy's input gradient underflows to exactly 0 in float32, but the

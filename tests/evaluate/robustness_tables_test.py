@@ -16,7 +16,8 @@ def _breakdown(clean, after, seconds):
 def _checks(passed=True):
   return {"examples": 200, "passed": passed,
           "large_eps": {"eps": 0.5, "robust_acc": 0.0 if passed else 0.8, "max_acc": 0.05, "passed": passed},
-          "square_vs_whitebox": {"square_acc": 0.8, "whitebox_acc": 0.7 if passed else 0.9, "passed": passed},
+          "square_vs_whitebox": {"whitebox_acc": 0.7, "after_square_acc": 0.7 if passed else 0.6,
+                                 "square_broke": 0 if passed else 10, "examples": 100, "passed": passed},
           "gradient": {"max_relative_error": 2e-7, "zero_gradient_fraction": 0.0 if passed else 1.0,
                        "passed": passed}}
 
@@ -44,6 +45,7 @@ class RobustnessTablesTest(absltest.TestCase):
     self.assertEqual(dense.count("pass"), 3)
     self.assertEqual(pruned.count("**FAIL**"), 3)
     self.assertIn("0.00% at eps 0.5", dense)
+    self.assertIn("white-box 70.00% -> Square 60.00% (10 of 100)", pruned)
 
   def testNothingWithoutAutoAttack(self):
     self.assertEqual(robustness_tables.markdown_lines({"dense": {"pgd_acc": 0.7}, "pruned": {}}), [])

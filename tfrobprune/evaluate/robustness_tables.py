@@ -35,8 +35,8 @@ def _check_cells(checks):
   verdict = lambda check: "pass" if check["passed"] else "**FAIL**"  # noqa: E731
   cells = [f"{verdict(large)}: {_percent(large['robust_acc'])} at eps {large['eps']:g} "
            f"(max {_percent(large['max_acc'])})"]
-  cells.append("-" if square is None else f"{verdict(square)}: Square {_percent(square['square_acc'])} vs "
-               f"white-box {_percent(square['whitebox_acc'])}")
+  cells.append("-" if square is None else f"{verdict(square)}: white-box {_percent(square['whitebox_acc'])} -> "
+               f"Square {_percent(square['after_square_acc'])} ({square['square_broke']} of {square['examples']})")
   cells.append(f"{verdict(gradient)}: rel. error {gradient['max_relative_error']:.1e}, zero "
                f"{_percent(gradient['zero_gradient_fraction'])}")
   return cells
@@ -48,9 +48,10 @@ def checks_lines(results_by_model):
   if not models:
     return []
   lines = ["", "## Gradient-masking checks", "",
-           f"On {next(iter(models.values()))['examples']} evaluated examples per model (see "
-           "`tfrobprune/evaluate/gradient_masking.py` for the thresholds).", "",
-           "| model | APGD-CE at a large eps | Square alone vs white-box | input gradient vs autodiff |",
+           f"The large-eps and gradient checks on {next(iter(models.values()))['examples']} evaluated examples per "
+           "model, the Square check on every example AutoAttack ran on (see `tfrobprune/evaluate/gradient_masking.py` "
+           "for the thresholds).", "",
+           "| model | APGD-CE at a large eps | Square after the white-box attacks | input gradient vs autodiff |",
            "|---|---|---|---|"]
   lines += [f"| {name} | " + " | ".join(_check_cells(checks)) + " |" for name, checks in models.items()]
   return lines
