@@ -33,6 +33,18 @@ def _binary_linear_model():
   return model
 
 
+def _linear_case(batch=16):
+  """Images for `_binary_linear_model`, labels 0 and 1, and each example's ascent direction sign(grad_x CE): the
+  gradient is (p1 - y)(w1 - w0), so sign(w1 - w0) for label 0 and its opposite for label 1."""
+  rng = np.random.default_rng(3)
+  x = rng.uniform(0., 1., (batch, 2, 2, 1)).astype(np.float32)
+  y = np.arange(batch) % 2
+  weights = _binary_linear_model().layers[-1].get_weights()[0]
+  direction = np.sign(weights[:, 1] - weights[:, 0]).reshape(1, 2, 2, 1) * np.where(y == 0, 1., -1.)[:, None, None,
+                                                                                                       None]
+  return x, tf.constant(y, tf.int64), direction.astype(np.float32)
+
+
 class PerturbationTest(tf.test.TestCase, parameterized.TestCase):
 
   @classmethod
@@ -57,6 +69,22 @@ class PerturbationTest(tf.test.TestCase, parameterized.TestCase):
     self.assertLessEqual(distance.max(), EPS + 1e-6)
     self.assertGreater(np.mean(distance > 0.99 * EPS), 0.3)  # the 1.25 eps step reaches the ball's faces
     self.assertAllInRange(x_adv, 0., 1.)
+
+  def testNfgsm_IsOneSignedStepFromTheClippedNoise_Exactly(self):
+    x, y, direction = _linear_case()
+    seed = tf.constant([5, 6], tf.int64)
+    x_adv = single_step.nfgsm(attacks.inference_fn(_binary_linear_model()), x, y, EPS, EPS, noise=2.0, seed=seed)
+    start = np.clip(x + attacks.random_start(tf.shape(x), "linf", 2 * EPS, seed).numpy(), 0., 1.)
+    self.assertAllClose(x_adv, np.clip(start + EPS * direction, 0., 1.))
+    self.assertGreater(np.abs(x_adv - x).max(), 2 * EPS)  # the noise alone goes past the eps ball
+
+  def testFgsmRs_IsAOnePointTwoFiveEpsStepFromAStartInTheBall_ProjectedBack_Exactly(self):
+    x, y, direction = _linear_case()
+    seed = tf.constant([7, 8], tf.int64)
+    x_adv = single_step.fgsm_rs(attacks.inference_fn(_binary_linear_model()), x, y, EPS, 1.25 * EPS, seed=seed)
+    start = np.clip(x + attacks.random_start(tf.shape(x), "linf", EPS, seed).numpy(), 0., 1.)
+    stepped = np.clip(start + 1.25 * EPS * direction, 0., 1.)
+    self.assertAllClose(x_adv, np.clip(x + np.clip(stepped - x, -EPS, EPS), 0., 1.))
 
   def testNfgsmWithoutNoise_IsFgsm(self):
     x, y = _data()

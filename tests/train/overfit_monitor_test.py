@@ -8,6 +8,7 @@ import numpy as np
 
 from tfrobprune.keras_compat import keras, tf
 from tfrobprune import models
+from tfrobprune.robust import attacks
 from tfrobprune.robust import objectives
 from tfrobprune.train import checkpointing
 from tfrobprune.train import overfit_monitor
@@ -50,9 +51,9 @@ def _train(trainer, monitor, accuracies, epochs, checkpointer=None):
 
 class SharpDropTest(parameterized.TestCase):
 
-  @parameterized.parameters((0.6, 0.1, True), (0.45, 0.2, True), (0.6, 0.45, False), (0.3, 0.12, False),
-                            (0.6, 0.31, False), (None, 0.0, False))
-  def testSharpDrop_NeedsBelowHalfOfTheBestAndMoreThanPointTwoLower(self, best, accuracy, expected):
+  @parameterized.parameters((0.6, 0.1, True), (0.45, 0.2, True), (0.3, 0.12, True), (0.2, 0.05, True),
+                            (0.6, 0.45, False), (0.6, 0.31, False), (0.18, 0.085, False), (None, 0.0, False))
+  def testSharpDrop_NeedsBelowHalfOfTheBestAndMoreThanPointOneLower(self, best, accuracy, expected):
     self.assertEqual(overfit_monitor.is_sharp_drop(accuracy, best, overfit_monitor.OverfitConfig()), expected)
 
   def testConfig_RejectsUnknownActionNamingTheFlag(self):
@@ -66,12 +67,16 @@ class MonitorTest(tf.test.TestCase):
     self.assertIsNotNone(_phase("warn")[1])
     self.assertIsNone(_phase("warn", name="pgd")[1])
 
-  def testPgdCheck_IsAnAccuracyAndRepeatsExactly(self):
-    _, monitor = _phase("warn")
+  def testPgdCheck_IsPgdAccuracyAtTheFinalEpsFromSeededStarts_AndRepeatsExactly(self):
+    trainer, monitor = _phase("warn")
     first = monitor.pgd_accuracy()
-    self.assertBetween(first, 0., 1.)
     self.assertEqual(monitor.pgd_accuracy(), first)
     self.assertEqual(monitor.examples, 64)
+    (x, y), = monitor.batches  # 64 examples: one batch, index 0
+    model_fn = attacks.inference_fn(trainer.model)
+    x_adv = attacks.pgd(model_fn, x, y, EPS, 2.5 * EPS / 3, 3, seed=tf.constant([0, 0], tf.int64))
+    self.assertAllClose(first, np.mean(np.argmax(model_fn(x_adv), axis=1) == y.numpy()))
+    self.assertLessEqual(first, np.mean(np.argmax(model_fn(x), axis=1) == y.numpy()))
 
   def testWarn_FlagsTheSharpDropNotTheGentleOne_AndTrainsOn(self):
     trainer, monitor = _phase("warn")

@@ -11,8 +11,11 @@ succeed; `train/overfit_monitor.py` watches for it). Two remedies, both here:
   misalignment of input gradients at x and at a uniform point of the ball, which needs the gradient of an input
   gradient (double backpropagation).
 
-The attacks call the model through `attacks.inference_fn` (inference mode, input gradients only); the polyphase
-input gradient of `input_gradients` is twice differentiable, so GradAlign goes through it too. Noise is drawn
+The attacks call the model through `attacks.inference_fn` (inference mode, input gradients only), as every attack
+here does (tfmot's pruning step must not advance); the reference implementations attack in training mode, which
+differs only for BatchNorm models (batch statistics). The polyphase input gradient of `input_gradients` is twice
+differentiable, so GradAlign goes through it too. GradAlign's weight needs tuning with eps (the reference grows
+it roughly with eps squared). Noise is drawn
 statelessly from a seed, as the PGD starts are, so that resumed runs repeat it.
 """
 

@@ -8,11 +8,13 @@ else a class-stratified subset of the training set), at the objective's final ep
 every epoch.
 
 A sharp drop is an epoch whose accuracy is below `drop_ratio` times the best of the phase's earlier epochs AND more
-than `min_drop` below it (by default: below half of the best and more than 0.2 lower), so the slow changes of
-normal training (or of a pruning ramp) do not count. Each such epoch is an event in the epoch's metrics
+than `min_drop` below it (by default: below half of the best and more than 0.1 lower), so the slow changes of
+normal training (or of a pruning ramp) do not count, nor the noise of a few hundred examples, while a collapse from a
+low best (a hard dataset, a large eps) still does. Each such epoch is an event in the epoch's metrics
 (`overfit` = 1), which the report lists. What follows is `action`:
 - 'warn': nothing more (the default);
-- 'stop': the phase ends after that epoch (its model is kept as it is);
+- 'stop': the phase ends after that epoch, with that epoch's model (Wong et al.'s early stopping goes back to the
+  best epoch's weights; not done here: in a fine-tuning phase that would also undo pruning steps);
 - 'fallback': the rest of the phase trains with PGD (`pgd_steps` steps, default step size), the same phase
   otherwise; a resumed phase that had switched switches again before its first step (`resume`).
 """
@@ -49,7 +51,7 @@ class OverfitConfig:
   examples: int = 512
   pgd_steps: int = 10
   drop_ratio: float = 0.5
-  min_drop: float = 0.2
+  min_drop: float = 0.1
 
   def __post_init__(self):
     if self.action not in ACTIONS:
