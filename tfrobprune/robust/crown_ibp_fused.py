@@ -108,7 +108,8 @@ def robust_cross_entropy(model, x, y, eps, num_classes, beta):
   """CROWN-IBP's training loss by loss fusion: `beta * min(fused, IBP) + (1 - beta) * IBP` per example.
 
   Both bounds are sound upper bounds of the cross-entropy, so their minimum and any mix of them are too; beta
-  follows CROWN-IBP's ramp (1 -> `crown_beta_final`). Differentiable with respect to the weights; traces once per
+  follows CROWN-IBP's ramp (1 -> `crown_beta_final`). auto_LiRPA's loss fusion mixes the two bounds of the sum of
+  exponentials before the logarithm, without the minimum; mixing the logarithms is never looser (log is concave). Differentiable with respect to the weights; traces once per
   batch shape (pass `eps` and `beta` as tensors when they follow a schedule).
 
   Args:
