@@ -12,6 +12,7 @@ from tfrobprune import config
 from tfrobprune.data import datasets
 from tfrobprune.deploy import tflite
 from tfrobprune.evaluate import evaluation
+from tfrobprune.keras_compat import keras
 from tfrobprune import pipeline
 from tfrobprune.prune import pruning_config
 from tfrobprune.prune import pruning_schedules
@@ -257,6 +258,17 @@ class PipelineTest(absltest.TestCase):
   def testUnwritableOutputDirectoryIsNamed(self):
     with self.assertRaisesRegex(OSError, "/proc/nope"):
       pipeline.run(_config(), "/proc/nope", _QUIET)
+
+
+class ModelStatisticsTest(absltest.TestCase):
+
+  def testModelTheMacCounterCannotCount_HasStatisticsWithoutMacs(self):
+    inputs = keras.Input((4, 4, 1))
+    outputs = keras.layers.Dense(2)(keras.layers.Flatten()(keras.layers.Conv2DTranspose(2, 3, name="up")(inputs)))
+    statistics = pipeline.model_statistics(keras.Model(inputs, outputs))
+    self.assertNotIn("macs", statistics)
+    self.assertEqual(statistics["params"], 2 * 9 + 2 + 6 * 6 * 2 * 2 + 2)
+    self.assertIn("macs", pipeline.model_statistics(keras.Sequential([inputs, keras.layers.Flatten()])))
 
 
 if __name__ == "__main__":

@@ -506,11 +506,19 @@ def _evaluate(ctx, model, name):
 
 
 def model_statistics(model):
-  """The size fields of a model's report entry: params, nonzero_params, sparsity, compression, layer_sparsity, macs."""
+  """The size fields of a model's report entry: params, nonzero_params, sparsity, compression, layer_sparsity, macs.
+
+  `macs` is left out, with a warning, for a model `macs.count_macs` cannot count (a user's model with, say, a
+  transposed convolution): the figures of the evaluation that just finished stand without it.
+  """
   counts = stats.parameter_counts(model)
-  return dict(params=counts["params"], nonzero_params=counts["nonzero_params"], sparsity=counts["sparsity"],
-              compression=counts["compression"], layer_sparsity=stats.layer_sparsity(model),
-              macs=macs.count_macs(model))
+  statistics = dict(params=counts["params"], nonzero_params=counts["nonzero_params"], sparsity=counts["sparsity"],
+                    compression=counts["compression"], layer_sparsity=stats.layer_sparsity(model))
+  try:
+    statistics["macs"] = macs.count_macs(model)
+  except ValueError as error:
+    logging.warning("The report has no MAC count for model %r: %s", model.name, error)
+  return statistics
 
 
 def run(config, output_dir, options=RunOptions(), dataset=None):

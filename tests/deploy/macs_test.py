@@ -100,6 +100,17 @@ class CountMacsTest(tf.test.TestCase, parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "'lookup'"):
       macs.count_macs(_sequential((4,), layers.Embedding(10, 3, name="lookup")))
 
+  def testPReLU_CostsNothingLikeOtherActivations(self):
+    model = _sequential((4, 4, 2), layers.Conv2D(3, 3, padding="same", name="conv"), layers.PReLU(name="prelu"))
+    self.assertEqual(macs.layer_macs(model), {"conv": 16 * 9 * 2 * 3})
+
+  def testSharedLayer_RaisesInsteadOfCountingOneCall(self):
+    inputs = keras.Input((6,))
+    shared = layers.Dense(6, name="shared")
+    model = keras.Model(inputs, shared(shared(inputs)))
+    with self.assertRaisesRegex(ValueError, "'shared' is called 2 times"):
+      macs.count_macs(model)
+
   def testUnknownInputSize_RaisesNamingTheLayer(self):
     model = _sequential((None, None, 1), layers.Conv2D(2, 3, name="conv"))
     with self.assertRaisesRegex(ValueError, "fixed input size.*'conv'"):

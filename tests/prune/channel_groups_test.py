@@ -80,8 +80,27 @@ class ChannelGroupsTest(absltest.TestCase):
       channel_groups.channel_groups(model)
 
   def testChannelMixingActivation_IsAnErrorNamingIt(self):
-    with self.assertRaisesRegex(ValueError, "'mixing'.*mixes channels"):
+    with self.assertRaisesRegex(ValueError, "'mixing'.*not known to be elementwise .'softmax'"):
       channel_groups.channel_groups(_conv_then(layers.Activation("softmax", name="mixing")))
+
+  def testCustomActivation_IsNotAssumedElementwise(self):
+    # An L2 normalisation over the channels: every output channel depends on every input one.
+    normalise = layers.Activation(lambda z: z / (1e-6 + keras.backend.sqrt(keras.backend.sum(z * z, axis=-1,
+                                                                                            keepdims=True))),
+                                  name="normalise")
+    with self.assertRaisesRegex(ValueError, "'normalise'.*not known to be elementwise"):
+      channel_groups.channel_groups(_conv_then(normalise))
+    (group,) = channel_groups.channel_groups(_conv_then(layers.Activation("gelu", name="elementwise")))
+    self.assertEqual(group.name, "conv")
+
+  def testMergeThatBroadcastsChannels_IsAnErrorNamingIt(self):
+    inputs = keras.Input((6, 6, 2))
+    wide = layers.Conv2D(4, 3, padding="same", name="wide")(inputs)
+    narrow = layers.Conv2D(1, 3, padding="same", name="narrow")(inputs)
+    x = layers.Add(name="broadcast_add")([wide, narrow])
+    model = keras.Model(inputs, layers.Dense(3, name="logits")(layers.Flatten()(x)))
+    with self.assertRaisesRegex(ValueError, r"'broadcast_add' \(a merge that broadcasts channels\)"):
+      channel_groups.channel_groups(model)
 
   def testChannelwiseLayersPassTheGroupOn(self):
     model = _conv_then(layers.Dropout(0.5, name="drop"))

@@ -60,6 +60,10 @@ class ChannelsToRemoveTest(parameterized.TestCase):
     self.assertEqual(list(removed["a"]), [1, 3])
     self.assertEqual(list(removed["b"]), [0, 1, 2, 4])
 
+  def testHalfChannelCounts_RoundUpWhateverTheParity(self):
+    removed = channels.channels_to_remove({"five": np.arange(5.0), "seven": np.arange(7.0)}, 0.5, "layer")
+    self.assertEqual((len(removed["five"]), len(removed["seven"])), (3, 4))
+
   def testEveryGroupKeepsAChannel(self):
     removed = channels.channels_to_remove({"a": np.ones(2), "b": np.arange(1.0, 5.0)}, 0.9, "layer")
     self.assertEqual((len(removed["a"]), len(removed["b"])), (1, 3))

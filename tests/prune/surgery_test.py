@@ -10,6 +10,7 @@ import numpy as np
 from tfrobprune.keras_compat import keras, tf
 from tfrobprune import models
 from tfrobprune.prune import channel_groups
+from tfrobprune.prune import channels
 from tfrobprune.prune import surgery
 from tfrobprune.prune import wrapping
 from tfrobprune.robust import crown_ibp
@@ -58,6 +59,15 @@ class ShrinkTest(parameterized.TestCase):
         self.assertEqual(widths[producer], dense_widths[producer] - len(removed[group.name]), producer)
     self.assertLess(shrunken.count_params(), 0.6 * model.count_params())
 
+  @parameterized.parameters("layer", "global")
+  def testShrunkenResidualModel_BatchNormAddAndFlattenOverPositions_ComputesWhatTheMaskedModelComputes(self, scope):
+    model = channel_test_utils.randomise(channel_test_utils.residual_model())
+    masked, shrunken, _, removed = channel_test_utils.masked_and_shrunken(model, 0.5, scope)
+    self.assertTrue(removed["b"].size and removed["fc"].size, removed)  # the residual group and the Flatten's reader
+    x = channel_test_utils.images((8, 8, 3))
+    for training in (False, True):  # moving statistics, then batch statistics
+      _assert_same_outputs(self, masked(x, training=training).numpy(), shrunken(x, training=training).numpy())
+
   def testShrunkenLayers_LoseTheRemovedInputsAndBatchNormParameters(self):
     model = channel_test_utils.randomise(channel_test_utils.residual_model())
     removed = {"a": [0, 5], "b": [2], "fc": [1, 2, 6]}
@@ -84,6 +94,15 @@ class ShrinkTest(parameterized.TestCase):
     groups = channel_groups.channel_groups(model)
     with self.assertRaisesRegex(ValueError, "'fc' would lose all its 7 channels"):
       surgery.shrink(model, groups, {"fc": np.arange(7)})
+
+  def testIndexOutsideTheGroup_IsRefusedByMasksAndSurgeryAlike(self):
+    model = channel_test_utils.residual_model()
+    groups = channel_groups.channel_groups(model)
+    for removed in ({"fc": [-1]}, {"fc": [7]}):
+      with self.assertRaisesRegex(ValueError, r"'fc' has channels 0..6; cannot remove"):
+        surgery.shrink(model, groups, removed)
+      with self.assertRaisesRegex(ValueError, r"'fc' has channels 0..6; cannot remove"):
+        channels.channel_masks(model, groups, removed)
 
   def testChannelSparsity_IsTheFractionOfOutputChannelsRemoved(self):
     model = models.build_model("cnn_small", _SMALL_IMAGES, 10, seed=0)

@@ -16,7 +16,7 @@ Zeros from unstructured pruning are still counted: dense kernels (XNNPACK, TF's 
 too, which is why unstructured sparsity does not make a model faster. A structurally pruned model, rebuilt with
 fewer filters and units, has physically smaller kernels and so fewer MACs. Layers wrapped by tfmot
 (`PruneLowMagnitude`, quantization wrappers: any `keras.layers.Wrapper`) count as the layer they wrap; nested models
-count as their layers. A layer counts once, as called on its output shape (the zoo calls each layer once).
+count as their layers. A layer called more than once (shared weights) is refused rather than counted once.
 """
 
 import numpy as np
@@ -77,10 +77,22 @@ def _output_positions(layer, shape_source):
   return int(np.prod(spatial, dtype=np.int64))
 
 
+# Layers with matrix-shaped weights that still work elementwise (PReLU's slope is per unit and position).
+_ELEMENTWISE_WITH_WEIGHTS = (layers.PReLU,)
+
+
 def _check_no_unknown_kernel(layer):
   """Raises for a layer with matrix-like weights that has no cost rule (its MACs would be silently lost)."""
+  if isinstance(layer, _ELEMENTWISE_WITH_WEIGHTS):
+    return
   if any(len(weight.shape) >= 2 for weight in layer.weights):
     _unsupported(layer)
+
+
+def _check_called_once(layer):
+  if len(layer.inbound_nodes) > 1:
+    raise ValueError(f"count_macs counts each layer once, but layer {layer.name!r} is called "
+                     f"{len(layer.inbound_nodes)} times (shared weights).")
 
 
 def layer_macs(model):
@@ -94,7 +106,8 @@ def layer_macs(model):
     model's layer names for a nested model) to its MACs per example.
 
   Raises:
-    ValueError: for a layer with weights that no rule covers (e.g. Conv2DTranspose), or an unknown input size.
+    ValueError: for a layer with weights that no rule covers (e.g. Conv2DTranspose), a layer called more than once,
+      or an unknown input size.
   """
   counts = {}
   for layer in model.layers:
@@ -106,6 +119,7 @@ def layer_macs(model):
     if rule is None:
       _check_no_unknown_kernel(inner)
       continue
+    _check_called_once(layer)
     weights = rule(inner)
     counts[inner.name] = _output_positions(inner, layer) * weights
   return counts

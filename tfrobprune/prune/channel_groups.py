@@ -36,8 +36,10 @@ _CHANNELWISE = (layers.ReLU, layers.LeakyReLU, layers.ELU, layers.ThresholdedReL
                 layers.UpSampling2D)
 # Layers that combine their inputs channel by channel: their inputs' channels are one group.
 _MERGES = (layers.Add, layers.Subtract, layers.Multiply, layers.Average, layers.Maximum, layers.Minimum)
-# Activations that mix channels (a removed channel would change the others).
-_MIXING_ACTIVATIONS = ("softmax", "log_softmax")
+# Activations known to work elementwise (as Keras serializes them); any other one (softmax, a custom function) may
+# mix channels, so that a removed channel would change the others, and stops channel pruning there.
+_ELEMENTWISE_ACTIVATIONS = ("linear", "relu", "relu6", "elu", "selu", "gelu", "swish", "sigmoid", "hard_sigmoid",
+                            "tanh", "softplus", "softsign", "exponential", "mish", "leaky_relu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +82,16 @@ class ChannelGroup:
   def layer_names(self):
     """Names of the Dense/Conv2D layers whose kernels the group masks: producers, then consumers."""
     return self.producers + tuple(consumer.layer for consumer in self.consumers)
+
+  def removed_indices(self, removed):
+    """`removed[name]` ({group name: channel indices}; none if absent) as int64 indices, each one checked to be a
+    channel of the group: a negative index would mean different channels to a mask and to a slice."""
+    indices = np.asarray(removed.get(self.name, ()), np.int64).reshape(-1)
+    outside = indices[(indices < 0) | (indices >= self.channels)]
+    if outside.size:
+      raise ValueError(f"Channel group {self.name!r} has channels 0..{self.channels - 1}; cannot remove "
+                       f"{outside.tolist()}.")
+    return indices
 
 
 @dataclasses.dataclass
@@ -129,9 +141,15 @@ def _channels_last(layer):
   return getattr(layer, "data_format", "channels_last") in (None, "channels_last")
 
 
-def _mixes_channels(layer):
+def _activation_name(layer):
+  """The layer's activation as Keras serializes it (a dict for custom functions), or None."""
   activation = getattr(layer, "activation", None)
-  return activation is not None and keras.activations.serialize(activation) in _MIXING_ACTIVATIONS
+  return None if activation is None else keras.activations.serialize(activation)
+
+
+def _mixes_channels(layer):
+  name = _activation_name(layer)
+  return name is not None and name not in _ELEMENTWISE_ACTIVATIONS
 
 
 def _kernel_layer_problem(layer):
@@ -162,8 +180,8 @@ def _visit_kernel_layer(walk, node, layer, state):
   walk.spaces[space].consumers.append(Consumer(layer.name, positions))
   output = walk.new_space(int(layer.kernel.shape[-1]), producer=layer.name)
   if _mixes_channels(layer):
-    walk.spaces[output].blocked.append(f"layer {layer.name!r} has a {keras.activations.serialize(layer.activation)} "
-                                       "activation over its outputs")
+    walk.spaces[output].blocked.append(f"layer {layer.name!r} has an activation not known to be elementwise "
+                                       f"({_activation_name(layer)!r}) over its outputs")
   walk.tensors[node.flat_output_ids[0]] = (output, 1)
 
 
@@ -182,7 +200,8 @@ def _visit_channelwise(walk, node, layer, state):
   if not _channels_last(layer):
     return _visit_unsupported(walk, node, layer, [state], "a channels-first layer")
   if _mixes_channels(layer):
-    return _visit_unsupported(walk, node, layer, [state], "an activation that mixes channels")
+    return _visit_unsupported(walk, node, layer, [state],
+                              f"an activation not known to be elementwise ({_activation_name(layer)!r})")
   walk.tensors[node.flat_output_ids[0]] = state
 
 
@@ -197,6 +216,8 @@ def _visit_flatten(walk, node, layer, state):
 def _visit_merge(walk, node, layer, states):
   if len({positions for _, positions in states}) != 1:
     return _visit_unsupported(walk, node, layer, states, "a merge of tensors flattened differently")
+  if len({tuple(shape)[-1] for shape in node.input_shapes}) != 1:
+    return _visit_unsupported(walk, node, layer, states, "a merge that broadcasts channels")
   joined = walk.join([space for space, _ in states])
   walk.tensors[node.flat_output_ids[0]] = (joined, states[0][1])
 

@@ -4,7 +4,8 @@ Structured pruning removes whole Conv2D filters and Dense units, so that the pru
 (`surgery.shrink`) and runs faster on dense kernels. The groups come from `channel_groups` (a channel and every
 weight that reads it). Each channel's score is the norm of its filter (L1 or L2 of the producer's kernel slice, the
 mean over the producers of a residual group), times the mean |gamma| of the BatchNorms on it where there are any
-(Torch-Pruning's group norm with network slimming's BN scale). Scope 'layer' removes the `round(s * n)` lowest
+(a simpler group score than Torch-Pruning's `GroupNormImportance`, which also sums the readers' input rows; with
+network slimming's BN scale). Scope 'layer' removes the `s * n` (rounded half up) lowest
 channels of every group; scope 'global' ranks all groups' channels together after dividing each group's scores by
 their mean over the channels still present (Torch-Pruning's normaliser: raw norms grow with a layer's fan-in and
 would not compare; channels a gradual schedule already removed score 0 and would drag a group's mean down, shielding
@@ -26,6 +27,11 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 
 NORMS = ("l1", "l2")
 SCOPES = ("layer", "global")
+
+
+def _rounded(count):
+  """`count` rounded half up (Python's round() goes to even: 0.5 x 5 channels would remove 2, 0.5 x 7 remove 4)."""
+  return int(np.floor(count + 0.5))
 
 
 def _filter_norms(kernel, norm):
@@ -81,7 +87,7 @@ def channels_to_remove(scores, sparsity, scope="layer"):
   validation.check_fraction("sparsity", sparsity)
   validation.check_choice("scope", scope, SCOPES)
   if scope == "layer":
-    return {name: _lowest(score, min(int(round(sparsity * len(score))), len(score) - 1))
+    return {name: _lowest(score, min(_rounded(sparsity * len(score)), len(score) - 1))
             for name, score in scores.items()}
   return _global_removal(scores, sparsity)
 
@@ -98,7 +104,7 @@ def _global_removal(scores, sparsity):
   normalised = [_relative_to_present(score) for score in scores.values()]
   owner = np.concatenate([np.full(len(score), index) for index, score in enumerate(normalised)])
   channel = np.concatenate([np.arange(len(score)) for score in normalised])
-  budget = int(round(sparsity * owner.size))
+  budget = _rounded(sparsity * owner.size)
   left = {index: len(score) - 1 for index, score in enumerate(normalised)}
   removed = {index: [] for index in left}
   for position in np.argsort(np.concatenate(normalised), kind="stable"):
@@ -129,7 +135,7 @@ def channel_masks(model, groups, removed):
   """
   masks = {name: np.ones(model.get_layer(name).kernel.shape, np.float32) for name in mask_layers(groups)}
   for group in groups:
-    indices = np.asarray(removed.get(group.name, ()), np.int64)
+    indices = group.removed_indices(removed)
     for name in group.producers:
       masks[name][..., indices] = 0.0
     for consumer in group.consumers:

@@ -16,15 +16,11 @@ from tfrobprune.keras_compat import keras, require_keras2_model
 layers = keras.layers
 
 
-def _kept(channels, removed):
-  return np.setdiff1d(np.arange(channels), np.asarray(removed, np.int64))
-
-
 def _slices(groups, removed):
   """({layer: kept output channels}, {layer: kept input rows}) of the Dense/Conv2D and BatchNorm layers."""
   outputs, inputs = {}, {}
   for group in groups:
-    kept = _kept(group.channels, removed.get(group.name, ()))
+    kept = np.setdiff1d(np.arange(group.channels), group.removed_indices(removed))
     if len(kept) == 0:
       raise ValueError(f"Channel group {group.name!r} would lose all its {group.channels} channels; keep at least one.")
     for name in group.producers + group.batch_norms:
