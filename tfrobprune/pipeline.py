@@ -238,8 +238,10 @@ def _run_phase(ctx, model, train_config, objective_config, phase, pruning_driver
                                                  every_steps=ctx.options.checkpoint_every_steps,
                                                  max_to_keep=ctx.options.keep_checkpoints)
   ctx.log(f"[{phase}] {train_config.epochs} epochs x {steps} steps, objective {objective_config.name}")
-  monitor = overfit_monitor.make_monitor(ctx.config.overfit, objective_config, trainer, lambda: _held_out(ctx),
-                                         ctx.dataset.num_classes, ctx.config.seed, phase, log=ctx.log)
+  monitor = overfit_monitor.make_monitor(
+      ctx.config.overfit, objective_config, trainer, lambda: _held_out(ctx), ctx.dataset.num_classes,
+      ctx.config.seed, phase, log=ctx.log,
+      best_weights_path=None if pruning_driver else ctx.path("checkpoints", phase, "best_weights.npz"))
   with ctx.timer.part(phase, training=True):
     return training.train(trainer, _dataset_fn(ctx, train_config.batch_size, phase), train_config.epochs,
                           pruning_driver=pruning_driver, summary_writer=ctx.summary_writer,

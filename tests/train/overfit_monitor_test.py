@@ -1,5 +1,6 @@
 """Tests for tfrobprune.train.overfit_monitor: what counts as a sharp drop, and warn / stop / fallback in the loop."""
 
+import os
 from unittest import mock
 
 from absl.testing import absltest
@@ -30,7 +31,7 @@ def _dataset(epoch):
   return tf.data.Dataset.from_tensor_slices(_data()).batch(32, drop_remainder=True)
 
 
-def _phase(action, name="nfgsm"):
+def _phase(action, name="nfgsm", best_weights_path=None):
   """(trainer, monitor) of a small single-step phase with the given action."""
   model = models.build_model("mlp", (6, 6, 1), 2, seed=0)
   objective_config = objectives.ObjectiveConfig(name=name, eps=EPS)
@@ -38,7 +39,7 @@ def _phase(action, name="nfgsm"):
   config = overfit_monitor.OverfitConfig(action=action, examples=64, pgd_steps=3)
   held_out = overfit_monitor.held_out_examples((np.zeros((0, 6, 6, 1)), np.zeros(0)), *_data(), 64, seed=0)
   monitor = overfit_monitor.make_monitor(config, objective_config, trainer, lambda: held_out, 2, 0, "pretrain",
-                                         log=lambda line: None)
+                                         log=lambda line: None, best_weights_path=best_weights_path)
   return trainer, monitor
 
 
@@ -47,6 +48,11 @@ def _train(trainer, monitor, accuracies, epochs, checkpointer=None):
   with mock.patch.object(monitor, "pgd_accuracy", side_effect=list(accuracies)):
     return training.train(trainer, _dataset, epochs, epoch_end_fn=overfit_monitor.with_monitor(None, monitor),
                           checkpointer=checkpointer, on_resume=monitor.resume)
+
+
+def _assert_weights_equal(actual, expected):
+  for a, e in zip(actual, expected, strict=True):
+    np.testing.assert_array_equal(a, e)
 
 
 class SharpDropTest(parameterized.TestCase):
@@ -85,7 +91,7 @@ class MonitorTest(tf.test.TestCase):
     self.assertEqual([bool(entry.get(overfit_monitor.EVENT)) for entry in history], [False, False, True, False])
     events = overfit_monitor.events(history, "pretrain")
     self.assertEqual(events, [{"phase": "pretrain", "epoch": 3, "pgd_acc": 0.1, "best_before": 0.5,
-                               "fallback": False, "stopped": False}])
+                               "fallback": False, "stopped": False, "restored_best": False}])
     self.assertIsInstance(trainer.objective, objectives.SingleStepObjective)
 
   def testStop_EndsThePhaseAfterTheEpoch_AndAResumedPhaseStaysEnded(self):
@@ -99,6 +105,43 @@ class MonitorTest(tf.test.TestCase):
                                                                                               resumed_trainer))
     self.assertLen(resumed, 2)
     self.assertEqual(int(resumed_trainer.schedule_step.numpy()), 8)
+
+  def testStopWithASnapshotFile_EndsWithTheBestEpochsWeights_AlsoAfterAResume(self):
+    directory = self.create_tempdir().full_path
+    snapshot = os.path.join(directory, "best_weights.npz")
+    accuracies = [0.3, 0.5, 0.45, 0.1]  # best after epoch 2, collapse after epoch 4
+    trainer, monitor = _phase("stop", best_weights_path=snapshot)
+    weights_after = []
+    record = lambda epoch, metrics: weights_after.append(trainer.model.get_weights()) or {}  # noqa: E731
+    with mock.patch.object(monitor, "pgd_accuracy", side_effect=accuracies):
+      history = training.train(trainer, _dataset, 4, epoch_end_fn=overfit_monitor.with_monitor(record, monitor))
+    self.assertTrue(history[-1][overfit_monitor.RESTORED])
+    self.assertTrue(overfit_monitor.events(history, "pretrain")[0]["restored_best"])
+    _assert_weights_equal(trainer.model.get_weights(), weights_after[1])
+    self.assertFalse(np.allclose(weights_after[1][0], weights_after[3][0]))  # the premise: training moved them
+
+    # The same phase killed in epoch 4 and resumed by a fresh process: back to the same weights, from the file.
+    os.remove(snapshot)
+    killed_dir = self.create_tempdir().full_path
+    trainer, monitor = _phase("stop", best_weights_path=os.path.join(killed_dir, "best_weights.npz"))
+    calls = []
+    with self.assertRaises(training.TrainingInterrupted):
+      with mock.patch.object(monitor, "pgd_accuracy", side_effect=accuracies[:3]):
+        training.train(trainer, _dataset, 4, epoch_end_fn=overfit_monitor.with_monitor(None, monitor),
+                       checkpointer=checkpointing.PhaseCheckpointer(killed_dir, trainer),
+                       should_stop=lambda: calls.append(1) or len(calls) == 13)  # in epoch 4
+    resumed_trainer, resumed_monitor = _phase("stop", best_weights_path=os.path.join(killed_dir,
+                                                                                       "best_weights.npz"))
+    resumed = _train(resumed_trainer, resumed_monitor, accuracies[3:], 4,
+                     checkpointing.PhaseCheckpointer(killed_dir, resumed_trainer))
+    self.assertTrue(resumed[-1][overfit_monitor.RESTORED])
+    _assert_weights_equal(resumed_trainer.model.get_weights(), weights_after[1])
+
+  def testStopWithoutASnapshotFile_EndsWithTheEpochsOwnWeights(self):
+    trainer, monitor = _phase("stop")
+    history = _train(trainer, monitor, [0.5, 0.1], 2)
+    self.assertNotIn(overfit_monitor.RESTORED, history[-1])
+    self.assertTrue(history[-1][training.STOP_PHASE])
 
   def testFallback_SwitchesTheRestOfThePhaseToPgd_AlsoAfterAResume(self):
     directory = self.create_tempdir().full_path

@@ -13,8 +13,9 @@ normal training (or of a pruning ramp) do not count, nor the noise of a few hund
 low best (a hard dataset, a large eps) still does. Each such epoch is an event in the epoch's metrics
 (`overfit` = 1), which the report lists. What follows is `action`:
 - 'warn': nothing more (the default);
-- 'stop': the phase ends after that epoch, with that epoch's model (Wong et al.'s early stopping goes back to the
-  best epoch's weights; not done here: in a fine-tuning phase that would also undo pruning steps);
+- 'stop': the phase ends after that epoch, with the weights of its best epoch (Wong et al.'s early stopping;
+  `best_weights` keeps them on disk) where the monitor has a snapshot file, i.e. in phases without pruning: in a
+  fine-tuning phase going back would also undo pruning steps, so that phase ends with the epoch's own model;
 - 'fallback': the rest of the phase trains with PGD (`pgd_steps` steps, default step size), the same phase
   otherwise; a resumed phase that had switched switches again before its first step (`resume`).
 """
@@ -28,11 +29,13 @@ from tfrobprune.data import subsets
 from tfrobprune.keras_compat import tf
 from tfrobprune.robust import attacks
 from tfrobprune.robust import objectives
+from tfrobprune.train import best_weights
 from tfrobprune.train import training
 
 ACTIONS = ("warn", "stop", "fallback")
 # Epoch metrics the monitor adds (recorded in the phase's history, and so in the report).
 PGD_ACC, EVENT, FALLBACK = "overfit_check_pgd_acc", "overfit", "overfit_fallback"
+RESTORED = "overfit_restored_best"
 _BATCH = 256
 
 
@@ -98,11 +101,14 @@ class OverfitMonitor:
     seed: the run's seed (the check's PGD starts, and the fallback objective's).
     phase: the phase's name, for the log.
     log: where a line about an event goes.
+    best_weights: a `best_weights.BestWeights` where 'stop' keeps the best epoch's weights to go back to, or None
+      (the phase then ends with the model it has).
   """
 
   def __init__(self, config, objective_config, trainer, x, y, num_classes, seed=0, phase="train",
-               log=logging.warning):
+               log=logging.warning, best_weights=None):
     self.config, self.objective_config, self.trainer = config, objective_config, trainer
+    self.best_weights = best_weights if config.action == "stop" else None
     self.num_classes, self.seed, self.phase, self.log = num_classes, seed, phase, log
     self.batches = [(tf.constant(x[i:i + _BATCH]), tf.constant(y[i:i + _BATCH])) for i in range(0, len(y), _BATCH)]
     self.examples = len(y)
@@ -140,11 +146,18 @@ class OverfitMonitor:
                f"{accuracy:.3f} (--on_overfit={self.config.action}).")
       if self.config.action == "stop":
         result[training.STOP_PHASE] = 1.0
+        if self.best_weights is not None and self.best_weights.restore(self.trainer.model):
+          result[RESTORED] = 1.0
+          self.log(f"[{self.phase}] back to the weights of the best epoch (PGD-{self.config.pgd_steps} accuracy "
+                   f"{self.best:.3f}).")
       elif self.config.action == "fallback" and not self.switched:
         self._fall_back()
     if self.switched:
       result[FALLBACK] = 1.0
-    self.best = accuracy if self.best is None else max(self.best, accuracy)
+    if self.best is None or accuracy > self.best:
+      self.best = accuracy
+      if self.best_weights is not None:
+        self.best_weights.save(self.trainer.model)
     return result
 
   def _fall_back(self):
@@ -153,14 +166,17 @@ class OverfitMonitor:
     self.switched = True
 
 
-def make_monitor(config, objective_config, trainer, held_out_fn, num_classes, seed, phase, log=logging.warning):
+def make_monitor(config, objective_config, trainer, held_out_fn, num_classes, seed, phase, log=logging.warning,
+                 best_weights_path=None):
   """An `OverfitMonitor` for a phase whose objective is single-step (and `config.examples` > 0), else None.
 
-  `held_out_fn()` returns the examples to check, (x, y) (called only when there is a monitor).
+  `held_out_fn()` returns the examples to check, (x, y) (called only when there is a monitor). `best_weights_path`:
+  where 'stop' keeps the best epoch's weights (None: the phase ends with the model it has).
   """
   if objective_config.name not in objectives.SINGLE_STEP_OBJECTIVES or not config.examples:
     return None
-  return OverfitMonitor(config, objective_config, trainer, *held_out_fn(), num_classes, seed, phase, log)
+  snapshot = best_weights.BestWeights(best_weights_path) if best_weights_path else None
+  return OverfitMonitor(config, objective_config, trainer, *held_out_fn(), num_classes, seed, phase, log, snapshot)
 
 
 def with_monitor(epoch_end_fn, monitor):
@@ -183,7 +199,8 @@ def events(history, phase):
     accuracy = entry.get(PGD_ACC)
     if entry.get(EVENT):
       found.append({"phase": phase, "epoch": entry.get("epoch"), "pgd_acc": accuracy, "best_before": best,
-                    "fallback": bool(entry.get(FALLBACK)), "stopped": bool(entry.get(training.STOP_PHASE))})
+                    "fallback": bool(entry.get(FALLBACK)), "stopped": bool(entry.get(training.STOP_PHASE)),
+                    "restored_best": bool(entry.get(RESTORED))})
     if accuracy is not None:
       best = accuracy if best is None else max(best, accuracy)
   return found
