@@ -19,6 +19,7 @@ from tfrobprune.prune import pruning_schedules
 from tfrobprune.prune import scores
 from tfrobprune.robust import objectives
 from tfrobprune.train import checkpointing
+from tfrobprune.train import overfit_monitor
 from tfrobprune.train import training
 
 
@@ -254,6 +255,20 @@ class PipelineTest(absltest.TestCase):
     unattacked = pipeline.export_existing_run(output_dir, _QUIET, artifact_square_examples=0)
     self.assertEqual([name for name, row in unattacked.items() if "square_acc" in row], [])
     self.assertEqual(unattacked["float32"]["benign_acc"], artifacts["float32"]["benign_acc"])
+
+  def testOverfitStopInPretraining_KeepsTheBestEpochsWeightsAsTheDenseModel(self):
+    output_dir = self.create_tempdir().full_path
+    run_config = _config(pretrain_objective=objectives.ObjectiveConfig(name="nfgsm", eps=0.1),
+                         overfit=overfit_monitor.OverfitConfig(action="stop", examples=64, pgd_steps=2))
+    with mock.patch.object(overfit_monitor.OverfitMonitor, "pgd_accuracy", side_effect=[0.3, 0.5, 0.1]):
+      report = pipeline.run(run_config, output_dir, _QUIET)
+    (event,) = report["overfitting"]
+    self.assertEqual((event["phase"], event["epoch"], event["restored_best"]), ("pretrain", 3, True))
+    with np.load(os.path.join(output_dir, "checkpoints", "pretrain", "best_weights.npz")) as snapshot:
+      best = [snapshot[f"arr_{index}"] for index in range(len(snapshot.files))]
+    dense = pipeline.load_model(os.path.join(output_dir, "models", "dense.keras")).get_weights()
+    for saved, expected in zip(dense, best, strict=True):
+      np.testing.assert_array_equal(saved, expected)
 
   def testUnwritableOutputDirectoryIsNamed(self):
     with self.assertRaisesRegex(OSError, "/proc/nope"):
