@@ -124,11 +124,17 @@ def _overfitting_lines(events):
   lines = ["", "## Catastrophic overfitting (sharp drops of held-out PGD accuracy)", "",
            "| phase | epoch | PGD accuracy | best before | action |", "|---|---|---|---|---|"]
   for event in events:
-    action = ("stopped, back to the best epoch's weights" if event.get("restored_best") else "stopped"
-              if event.get("stopped") else "PGD from here" if event.get("fallback") else "warned")
     lines.append(f"| {event['phase']} | {event['epoch']} | {_percent(event['pgd_acc'])} | "
-                 f"{_percent(event['best_before'])} | {action} |")
+                 f"{_percent(event['best_before'])} | {_overfitting_action(event)} |")
   return lines
+
+
+def _overfitting_action(event):
+  if event.get("restored_best"):
+    return "stopped, back to the best epoch's weights"
+  if event.get("stopped"):
+    return "stopped"
+  return "PGD from here" if event.get("fallback") else "warned"
 
 
 # report['speed'] keys -> row labels of `speed_table`.

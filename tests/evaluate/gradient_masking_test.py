@@ -36,7 +36,7 @@ class GradientMaskingTest(tf.test.TestCase):
 
   def _checks(self, model):
     result = autoattack.run_autoattack(model, self.x, self.y, _EPS, utils.NUM_CLASSES, budget=_BUDGET, batch_size=60)
-    return gradient_masking.run_checks(model, self.x, self.y, _EPS, utils.NUM_CLASSES, result, budget=_BUDGET,
+    return gradient_masking.run_checks(model, self.x, self.y, utils.NUM_CLASSES, result, budget=_BUDGET,
                                        batch_size=60, sample_size=60), result
 
   def testNormalModelPassesEveryCheck(self):

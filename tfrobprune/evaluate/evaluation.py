@@ -217,7 +217,7 @@ def _autoattack(model, x, y, config, num_classes, seed, progress, name, budget):
     x, y = x[index], y[index]
   result = autoattack.run_autoattack(model, x, y, config.eps, num_classes, norm=config.norm, budget=budget,
                                      batch_size=config.batch_size, seed=seed, progress=progress, name=name)
-  checks = gradient_masking.run_checks(model, x, y, config.eps, num_classes, result, norm=config.norm, budget=budget,
+  checks = gradient_masking.run_checks(model, x, y, num_classes, result, norm=config.norm, budget=budget,
                                        batch_size=config.batch_size, seed=seed)
   return {"autoattack_acc": result.robust_acc, "autoattack": result.breakdown(), "masking_checks": checks}
 

@@ -123,7 +123,7 @@ def check_gradients(model, x, y):
           "passed": max(errors.values()) <= GRADIENT_RTOL and zero_fraction == 0.0}
 
 
-def run_checks(model, x, y, eps, num_classes, result, norm="linf", budget=autoattack.Budget(), batch_size=500,
+def run_checks(model, x, y, num_classes, result, norm="linf", budget=autoattack.Budget(), batch_size=500,
                seed=0, sample_size=SAMPLE_SIZE):
   """All checks, given the ensemble's `result` on all of (x, y): `large_eps` and `gradient` on a class-stratified
   sample of (x, y), `square_vs_whitebox` on all of them (from `result`).

@@ -15,8 +15,8 @@ The attacks call the model through `attacks.inference_fn` (inference mode, input
 here does (tfmot's pruning step must not advance); the reference implementations attack in training mode, which
 differs only for BatchNorm models (batch statistics). The polyphase input gradient of `input_gradients` is twice
 differentiable, so GradAlign goes through it too. GradAlign's weight needs tuning with eps (the reference grows
-it roughly with eps squared). Noise is drawn
-statelessly from a seed, as the PGD starts are, so that resumed runs repeat it.
+it roughly with eps squared). Noise is drawn statelessly from a seed, as the PGD starts are, so that resumed runs
+repeat it.
 """
 
 import numpy as np

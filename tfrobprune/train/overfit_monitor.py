@@ -101,14 +101,14 @@ class OverfitMonitor:
     seed: the run's seed (the check's PGD starts, and the fallback objective's).
     phase: the phase's name, for the log.
     log: where a line about an event goes.
-    best_weights: a `best_weights.BestWeights` where 'stop' keeps the best epoch's weights to go back to, or None
-      (the phase then ends with the model it has).
+    snapshot: a `best_weights.BestWeights` where 'stop' keeps the best epoch's weights to go back to, or None (the
+      phase then ends with the model it has).
   """
 
   def __init__(self, config, objective_config, trainer, x, y, num_classes, seed=0, phase="train",
-               log=logging.warning, best_weights=None):
+               log=logging.warning, snapshot=None):
     self.config, self.objective_config, self.trainer = config, objective_config, trainer
-    self.best_weights = best_weights if config.action == "stop" else None
+    self.snapshot = snapshot if config.action == "stop" else None
     self.num_classes, self.seed, self.phase, self.log = num_classes, seed, phase, log
     self.batches = [(tf.constant(x[i:i + _BATCH]), tf.constant(y[i:i + _BATCH])) for i in range(0, len(y), _BATCH)]
     self.examples = len(y)
@@ -146,7 +146,7 @@ class OverfitMonitor:
                f"{accuracy:.3f} (--on_overfit={self.config.action}).")
       if self.config.action == "stop":
         result[training.STOP_PHASE] = 1.0
-        if self.best_weights is not None and self.best_weights.restore(self.trainer.model):
+        if self.snapshot is not None and self.snapshot.restore(self.trainer.model):
           result[RESTORED] = 1.0
           self.log(f"[{self.phase}] back to the weights of the best epoch (PGD-{self.config.pgd_steps} accuracy "
                    f"{self.best:.3f}).")
@@ -156,8 +156,8 @@ class OverfitMonitor:
       result[FALLBACK] = 1.0
     if self.best is None or accuracy > self.best:
       self.best = accuracy
-      if self.best_weights is not None:
-        self.best_weights.save(self.trainer.model)
+      if self.snapshot is not None:
+        self.snapshot.save(self.trainer.model)
     return result
 
   def _fall_back(self):
