@@ -109,7 +109,7 @@ _CROWN_IBP_BOUND = flags.DEFINE_enum("crown_ibp_bound", "margins", objectives.CR
 _NFGSM_NOISE = flags.DEFINE_float("nfgsm_noise", 2.0, "N-FGSM: noise U[-k eps, k eps] before its step; this is k.",
                                   lower_bound=0.0)
 _GRADALIGN_WEIGHT = flags.DEFINE_float("gradalign_weight", 0.0, "GradAlign penalty weight of the nfgsm / fgsm_rs "
-                                       "objectives (0: none).", lower_bound=0.0)
+                                       "/ fgsm objectives (0: none).", lower_bound=0.0)
 _ON_OVERFIT = flags.DEFINE_enum("on_overfit", "warn", overfit_monitor.ACTIONS,
                                 "Single-step phases: on a sharp drop of PGD accuracy on held-out examples after an "
                                 "epoch (catastrophic overfitting): warn (report it), stop (end the phase), or "

@@ -123,7 +123,8 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
       self.assertAllClose(got, want, atol=1e-5)
 
   @parameterized.parameters(("natural",), ("pgd",), ("trades",), ("ibp",), ("crown_ibp",), ("nfgsm",), ("fgsm_rs",),
-                            ("fgsm_rs", dict(gradalign_weight=0.2)), ("crown_ibp", dict(crown_ibp_bound="fused")))
+                            ("fgsm_rs", dict(gradalign_weight=0.2)), ("fgsm", dict(gradalign_weight=0.2)),
+                            ("crown_ibp", dict(crown_ibp_bound="fused")))
   def testCallsTheModelInTrainingModeOncePerStep(self, name, extra=None):
     counter = CallCounter()
     model = keras.Sequential([keras.Input((1, 2, 1)), counter, keras.layers.Flatten(), keras.layers.Dense(2)])

@@ -86,6 +86,20 @@ class PerturbationTest(tf.test.TestCase, parameterized.TestCase):
     stepped = np.clip(start + 1.25 * EPS * direction, 0., 1.)
     self.assertAllClose(x_adv, np.clip(x + np.clip(stepped - x, -EPS, EPS), 0., 1.))
 
+  def testFgsm_IsOneSignedStepFromTheCleanImage_ProjectedBack_Exactly(self):
+    x, y, direction = _linear_case()
+    model_fn = attacks.inference_fn(_binary_linear_model())
+    self.assertAllClose(single_step.fgsm(model_fn, x, y, EPS, EPS), np.clip(x + EPS * direction, 0., 1.))
+    # GradAlign's recipe, a 1.25 eps step from the clean image, projects back to the same point.
+    self.assertAllClose(single_step.fgsm(model_fn, x, y, EPS, 1.25 * EPS), np.clip(x + EPS * direction, 0., 1.))
+
+  def testFgsmObjective_TrainsOnFgsmPoints(self):
+    x, y, direction = _linear_case()
+    model = _binary_linear_model()
+    objective = objectives.make_objective(objectives.ObjectiveConfig(name="fgsm", eps=EPS, robust_weight=1.0), 2)
+    self.assertAllClose(objective.adversarial_examples(model, tf.constant(x), y, EPS, 0),
+                        np.clip(x + EPS * direction, 0., 1.))
+
   def testNfgsmWithoutNoise_IsFgsm(self):
     x, y = _data()
     self.assertAllClose(single_step.nfgsm(self.model_fn, x, y, EPS, EPS, noise=0.),
@@ -148,7 +162,7 @@ class GradAlignTest(tf.test.TestCase):
 
 class SingleStepObjectiveTest(tf.test.TestCase, parameterized.TestCase):
 
-  @parameterized.parameters(("nfgsm", 0.), ("fgsm_rs", 0.), ("fgsm_rs", 0.5))
+  @parameterized.parameters(("nfgsm", 0.), ("fgsm_rs", 0.), ("fgsm_rs", 0.5), ("fgsm", 0.5))
   def testTrainingSteps_AdvanceThePruningStepOncePerStep(self, name, gradalign_weight):
     model = models.build_model("cnn_small", (8, 8, 1), 10, seed=0)
     wrapped = magnitude.prune_model(model, pruning_config.PruningConfig(target_sparsity=0.5, begin_step=0,
@@ -169,6 +183,7 @@ class SingleStepObjectiveTest(tf.test.TestCase, parameterized.TestCase):
   def testDefaultStepSizes_AreTheMethods(self):
     self.assertAllClose(objectives.ObjectiveConfig(name="nfgsm", eps=0.1).step_size, 0.1)
     self.assertAllClose(objectives.ObjectiveConfig(name="fgsm_rs", eps=0.1).step_size, 0.125)
+    self.assertAllClose(objectives.ObjectiveConfig(name="fgsm", eps=0.1).step_size, 0.1)
     self.assertAllClose(objectives.ObjectiveConfig(name="nfgsm", eps=0.1, pgd_step_size=0.125).step_size, 0.125)
 
   def testConfig_RejectsGradAlignOutsideSingleStepObjectivesAndL2(self):

@@ -7,9 +7,9 @@ inputs share one batch when both are needed) because tfmot's pruning wrapper adv
 attacks use inference mode (`attacks.inference_fn`).
 
 Objectives: `natural`, `pgd` (Madry et al.), `trades` (Zhang et al. 2019), `ibp` (Gowal et al. 2018),
-`crown_ibp` (Zhang et al. 2020), and the single-step `nfgsm` (de Jorge et al. 2022) and `fgsm_rs` (Wong et al. 2020,
-optionally with GradAlign) of `single_step`. `robust_weight` mixes natural and robust loss: loss = (1 - w) nat +
-w robust.
+`crown_ibp` (Zhang et al. 2020), and the single-step `nfgsm` (de Jorge et al. 2022), `fgsm_rs` (Wong et al. 2020)
+and `fgsm` of `single_step`, each optionally with GradAlign. `robust_weight` mixes natural and robust loss:
+loss = (1 - w) nat + w robust.
 """
 
 import dataclasses
@@ -25,8 +25,8 @@ from tfrobprune.robust import margins as margins_lib
 from tfrobprune.robust import schedules
 from tfrobprune.robust import single_step
 
-OBJECTIVE_NAMES = ("natural", "pgd", "trades", "ibp", "crown_ibp", "nfgsm", "fgsm_rs")
-SINGLE_STEP_OBJECTIVES = ("nfgsm", "fgsm_rs")
+OBJECTIVE_NAMES = ("natural", "pgd", "trades", "ibp", "crown_ibp", "nfgsm", "fgsm_rs", "fgsm")
+SINGLE_STEP_OBJECTIVES = ("nfgsm", "fgsm_rs", "fgsm")
 CROWN_IBP_BOUNDS = ("margins", "fused")
 
 
@@ -39,8 +39,8 @@ class ObjectiveConfig:
     eps: final training epsilon (pixel scale, inputs in [0, 1]).
     norm: 'linf' or 'l2' (PGD and TRADES; bounds are L-inf).
     pgd_steps: attack steps during training.
-    pgd_step_size: attack step size at the final epsilon (also the single step of nfgsm / fgsm_rs); scaled with
-      epsilon during the ramp-up; 0 takes the method's default (`step_size`).
+    pgd_step_size: attack step size at the final epsilon (also the single step of nfgsm / fgsm_rs / fgsm); scaled
+      with epsilon during the ramp-up; 0 takes the method's default (`step_size`).
     rand_init: random start for the training attack.
     robust_weight: w in (1 - w) natural + w robust, for pgd; kappa's final value is 1 - w for ibp objectives.
     trades_beta: TRADES' weight on the KL term.
@@ -52,7 +52,7 @@ class ObjectiveConfig:
     eps_ramp_shape: 'linear' or 'smoothed'.
     crown_beta_final: CROWN-IBP's beta at the end of the ramp (beta goes from 1 to this value).
     nfgsm_noise: N-FGSM's noise magnitude k: the start is x + U[-k eps, k eps].
-    gradalign_weight: weight of the GradAlign penalty added to nfgsm / fgsm_rs losses (0: none).
+    gradalign_weight: weight of the GradAlign penalty added to nfgsm / fgsm_rs / fgsm losses (0: none).
     crown_ibp_bound: what crown_ibp trains on: 'margins' (CROWN-IBP's per-class margin bounds, one backward bound
       pass with K specifications) or 'fused' (`crown_ibp_fused`: one bound of the loss itself, one specification).
   """
@@ -115,8 +115,10 @@ class ObjectiveConfig:
   @property
   def step_size(self):
     """The attack step size at the final epsilon: the configured one, or the method's: min(eps, 2.5 eps / steps)
-    for PGD (Madry et al.), eps for N-FGSM (de Jorge et al.'s experiments), 1.25 eps for FGSM-RS (Wong et al.)."""
-    single = {"nfgsm": single_step.NFGSM_STEP, "fgsm_rs": single_step.FGSM_RS_STEP}.get(self.name)
+    for PGD (Madry et al.), eps for N-FGSM (de Jorge et al.'s experiments), 1.25 eps for FGSM-RS (Wong et al.), eps
+    for FGSM."""
+    single = {"nfgsm": single_step.NFGSM_STEP, "fgsm_rs": single_step.FGSM_RS_STEP,
+              "fgsm": single_step.FGSM_STEP}.get(self.name)
     if self.pgd_step_size or single is None:
       return self.pgd_step_size or min(self.eps, 2.5 * self.eps / self.pgd_steps)
     return single * self.eps
@@ -230,7 +232,7 @@ class PGDObjective(Objective):
 
 
 class SingleStepObjective(PGDObjective):
-  """N-FGSM or FGSM-RS training (`single_step`): the PGD objective with a single-step attack, plus GradAlign's
+  """N-FGSM, FGSM-RS or FGSM training (`single_step`): the PGD objective with a single-step attack, plus GradAlign's
   penalty when `gradalign_weight` > 0 (its input gradients in inference mode: still one training-mode call)."""
 
   def adversarial_examples(self, model, x, y, eps, step):
@@ -238,6 +240,8 @@ class SingleStepObjective(PGDObjective):
     model_fn, step_size = self.inference_fn(model), cfg.step_size * eps / cfg.eps
     if cfg.name == "nfgsm":
       return single_step.nfgsm(model_fn, x, y, eps, step_size, cfg.nfgsm_noise, seed=self.attack_seed(step))
+    if cfg.name == "fgsm":
+      return single_step.fgsm(model_fn, x, y, eps, step_size)
     return single_step.fgsm_rs(model_fn, x, y, eps, step_size, seed=self.attack_seed(step))
 
   def __call__(self, model, x, y, step):

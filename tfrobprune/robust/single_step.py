@@ -6,10 +6,11 @@ succeed; `train/overfit_monitor.py` watches for it). Two remedies, both here:
 - N-FGSM (de Jorge et al., NeurIPS 2022): start from strong noise `x + U[-k eps, k eps]` (k = 2) and take one
   signed-gradient step of size alpha (their experiments: alpha = eps), with NO projection back to the eps ball; the
   training perturbation is then up to (k + alpha / eps) eps in L-inf, only clipped to the pixel range.
-- FGSM-RS (Wong et al. 2020): start uniformly in the eps ball, step 1.25 eps, project back to the ball; optionally
-  with GradAlign (Andriushchenko & Flammarion 2020), a penalty `1 - cos(grad_x l(x), grad_x l(x + eta))` on the
-  misalignment of input gradients at x and at a uniform point of the ball, which needs the gradient of an input
-  gradient (double backpropagation).
+- FGSM-RS (Wong et al. 2020): start uniformly in the eps ball, step 1.25 eps, project back to the ball;
+- and plain FGSM from the clean image (step eps), which on its own overfits catastrophically at larger eps, but is
+  what GradAlign (Andriushchenko & Flammarion 2020) pairs its penalty with: `1 - cos(grad_x l(x),
+  grad_x l(x + eta))` on the misalignment of input gradients at x and at a uniform point of the ball, which needs
+  the gradient of an input gradient (double backpropagation). The penalty goes with any of the three.
 
 The attacks call the model through `attacks.inference_fn` (inference mode, input gradients only), as every attack
 here does (tfmot's pruning step must not advance); the reference implementations attack in training mode, which
@@ -25,12 +26,13 @@ from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from tfrobprune.keras_compat import tf
 from tfrobprune.robust import attacks
 
-__all__ = ["nfgsm", "fgsm_rs", "gradalign_penalty", "NFGSM_NOISE", "NFGSM_STEP", "FGSM_RS_STEP"]
+__all__ = ["nfgsm", "fgsm_rs", "fgsm", "gradalign_penalty", "NFGSM_NOISE", "NFGSM_STEP", "FGSM_RS_STEP", "FGSM_STEP"]
 
 # The methods' default noise magnitude (k, in units of eps) and step sizes (alpha, in units of eps).
 NFGSM_NOISE = 2.0
 NFGSM_STEP = 1.0
 FGSM_RS_STEP = 1.25
+FGSM_STEP = 1.0
 
 
 def _cross_entropy(labels, logits):
@@ -88,6 +90,24 @@ def fgsm_rs(model_fn, x, y, eps, step_size, seed=None, clip_min=0.0, clip_max=1.
   eps = tf.cast(eps, x.dtype)
   start = tf.clip_by_value(x + attacks.random_start(tf.shape(x), "linf", eps, seed, x.dtype), clip_min, clip_max)
   stepped = _signed_step(model_fn, start, y, step_size, clip_min, clip_max)
+  return tf.clip_by_value(x + tf.clip_by_value(stepped - x, -eps, eps), clip_min, clip_max)
+
+
+def fgsm(model_fn, x, y, eps, step_size, clip_min=0.0, clip_max=1.0):
+  """FGSM from the clean image: one signed-gradient step of `step_size`, projected to the eps ball.
+
+  Args:
+    model_fn, x, y, clip_min, clip_max: as for `nfgsm`.
+    eps: the radius of the L-inf ball the result stays in.
+    step_size: alpha, the absolute step (eps: Goodfellow et al.'s FGSM; GradAlign's 1.25 eps projects back to it).
+
+  Returns:
+    Adversarial images within eps of x in L-inf and within the pixel range.
+  """
+  _check(eps, step_size)
+  x = tf.convert_to_tensor(x, tf.float32)
+  eps = tf.cast(eps, x.dtype)
+  stepped = _signed_step(model_fn, x, y, step_size, clip_min, clip_max)
   return tf.clip_by_value(x + tf.clip_by_value(stepped - x, -eps, eps), clip_min, clip_max)
 
 

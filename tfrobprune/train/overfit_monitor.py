@@ -3,7 +3,7 @@
 Single-step adversarial training can fail suddenly (Wong et al. 2020): within an epoch or two the model learns to
 defeat the one FGSM step while PGD's accuracy collapses to near zero. Wong et al. watch PGD accuracy on a fixed
 training minibatch; so does this monitor, after every epoch of a phase whose objective is single-step (`nfgsm`,
-`fgsm_rs`): PGD-k (k = `pgd_steps`) on `examples` fixed examples (the validation split if the run holds one out,
+`fgsm_rs`, `fgsm`): PGD-k (k = `pgd_steps`) on `examples` fixed examples (the validation split if the run holds one out,
 else a class-stratified subset of the training set), at the objective's final epsilon, from the same seeded starts
 every epoch.
 
