@@ -260,7 +260,8 @@ class PipelineTest(absltest.TestCase):
     output_dir = self.create_tempdir().full_path
     run_config = _config(pretrain_objective=objectives.ObjectiveConfig(name="nfgsm", eps=0.1),
                          overfit=overfit_monitor.OverfitConfig(action="stop", examples=64, pgd_steps=2))
-    with mock.patch.object(overfit_monitor.OverfitMonitor, "pgd_accuracy", side_effect=[0.3, 0.5, 0.1]):
+    with mock.patch.object(overfit_monitor.OverfitMonitor, "pgd_accuracy", side_effect=[0.3, 0.5, 0.1]), \
+         mock.patch.object(overfit_monitor.OverfitMonitor, "fgsm_accuracy", side_effect=[0.3, 0.5, 0.1]):
       report = pipeline.run(run_config, output_dir, _QUIET)
     (event,) = report["overfitting"]
     self.assertEqual((event["phase"], event["epoch"], event["restored_best"]), ("pretrain", 3, True))

@@ -31,13 +31,13 @@ class ReportTest(absltest.TestCase):
     self.assertIsNone(report.ratios({"pgd_acc": 0.0}, {"pgd_acc": 0.0})["pgd"])
 
   def testMarkdownListsOverfittingEventsWithWhatWasDone(self):
-    events = [{"phase": "pretrain", "epoch": 4, "pgd_acc": 0.1, "best_before": 0.5, "stopped": True,
+    events = [{"phase": "pretrain", "epoch": 4, "pgd_acc": 0.1, "best_before": 0.5, "fgsm_acc": 0.2, "stopped": True,
                "fallback": False, "restored_best": True},
-              {"phase": "finetune_s0.9", "epoch": 2, "pgd_acc": 0.05, "best_before": 0.4, "stopped": False,
-               "fallback": True, "restored_best": False}]
+              {"phase": "finetune_s0.9", "epoch": 1, "pgd_acc": 0.05, "best_before": None, "fgsm_acc": 0.7,
+               "stopped": False, "fallback": True, "restored_best": False}]
     text = report.markdown(dict(_report(), overfitting=events))
-    self.assertIn("| pretrain | 4 | 10.00% | 50.00% | stopped, back to the best epoch's weights |", text)
-    self.assertIn("| finetune_s0.9 | 2 | 5.00% | 40.00% | PGD from here |", text)
+    self.assertIn("| pretrain | 4 | 10.00% | 50.00% | 20.00% | stopped, back to the best epoch's weights |", text)
+    self.assertIn("| finetune_s0.9 | 1 | 5.00% | - | 70.00% | PGD from here |", text)
     self.assertNotIn("Catastrophic overfitting", report.markdown(_report()))
 
   def testMarkdownHasTheDenseVsPrunedTable(self):

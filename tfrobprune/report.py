@@ -122,10 +122,11 @@ def _overfitting_lines(events):
   if not events:
     return []
   lines = ["", "## Catastrophic overfitting (sharp drops of held-out PGD accuracy)", "",
-           "| phase | epoch | PGD accuracy | best before | action |", "|---|---|---|---|---|"]
+           "| phase | epoch | PGD accuracy | best before | FGSM accuracy | action |", "|---|---|---|---|---|---|"]
   for event in events:
     lines.append(f"| {event['phase']} | {event['epoch']} | {_percent(event['pgd_acc'])} | "
-                 f"{_percent(event['best_before'])} | {_overfitting_action(event)} |")
+                 f"{_percent(event['best_before'])} | {_percent(event.get('fgsm_acc'))} | "
+                 f"{_overfitting_action(event)} |")
   return lines
 
 

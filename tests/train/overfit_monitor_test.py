@@ -1,5 +1,6 @@
 """Tests for tfrobprune.train.overfit_monitor: what counts as a sharp drop, and warn / stop / fallback in the loop."""
 
+import contextlib
 import os
 from unittest import mock
 
@@ -43,9 +44,18 @@ def _phase(action, name="nfgsm", best_weights_path=None):
   return trainer, monitor
 
 
+def _checks(monitor, pgd, fgsm=None):
+  """Patches the monitor's held-out checks to read `pgd` and `fgsm` accuracies, one per epoch (FGSM by default the
+  same as PGD: no FGSM gap)."""
+  stack = contextlib.ExitStack()
+  stack.enter_context(mock.patch.object(monitor, "pgd_accuracy", side_effect=list(pgd)))
+  stack.enter_context(mock.patch.object(monitor, "fgsm_accuracy", side_effect=list(pgd if fgsm is None else fgsm)))
+  return stack
+
+
 def _train(trainer, monitor, accuracies, epochs, checkpointer=None):
   """Trains `epochs` epochs while the monitor's PGD check reads `accuracies`, one per epoch."""
-  with mock.patch.object(monitor, "pgd_accuracy", side_effect=list(accuracies)):
+  with _checks(monitor, accuracies):
     return training.train(trainer, _dataset, epochs, epoch_end_fn=overfit_monitor.with_monitor(None, monitor),
                           checkpointer=checkpointer, on_resume=monitor.resume)
 
@@ -61,6 +71,11 @@ class SharpDropTest(parameterized.TestCase):
                             (0.6, 0.45, False), (0.6, 0.31, False), (0.18, 0.085, False), (None, 0.0, False))
   def testSharpDrop_NeedsBelowHalfOfTheBestAndMoreThanPointOneLower(self, best, accuracy, expected):
     self.assertEqual(overfit_monitor.is_sharp_drop(accuracy, best, overfit_monitor.OverfitConfig()), expected)
+
+  @parameterized.parameters((0.05, 0.7, True), (0.2, 0.45, True), (0.6, 0.7, False), (0.3, 0.55, False),
+                            (0.02, 0.11, False))
+  def testFgsmGap_NeedsPgdBelowHalfOfFgsmAndMoreThanPointOneLower(self, pgd, fgsm, expected):
+    self.assertEqual(overfit_monitor.is_fgsm_gap(pgd, fgsm, overfit_monitor.OverfitConfig()), expected)
 
   def testConfig_RejectsUnknownActionNamingTheFlag(self):
     with self.assertRaisesRegex(ValueError, "on_overfit must be one of warn, stop, fallback"):
@@ -80,9 +95,11 @@ class MonitorTest(tf.test.TestCase):
     self.assertEqual(monitor.examples, 64)
     (x, y), = monitor.batches  # 64 examples: one batch, index 0
     model_fn = attacks.inference_fn(trainer.model)
+    accuracy = lambda images: np.mean(np.argmax(model_fn(images), axis=1) == y.numpy())  # noqa: E731
     x_adv = attacks.pgd(model_fn, x, y, EPS, 2.5 * EPS / 3, 3, seed=tf.constant([0, 0], tf.int64))
-    self.assertAllClose(first, np.mean(np.argmax(model_fn(x_adv), axis=1) == y.numpy()))
-    self.assertLessEqual(first, np.mean(np.argmax(model_fn(x), axis=1) == y.numpy()))
+    self.assertAllClose(first, accuracy(x_adv))
+    self.assertLessEqual(first, accuracy(x))
+    self.assertAllClose(monitor.fgsm_accuracy(), accuracy(attacks.fgsm(model_fn, x, y, EPS)))
 
   def testWarn_FlagsTheSharpDropNotTheGentleOne_AndTrainsOn(self):
     trainer, monitor = _phase("warn")
@@ -91,8 +108,18 @@ class MonitorTest(tf.test.TestCase):
     self.assertEqual([bool(entry.get(overfit_monitor.EVENT)) for entry in history], [False, False, True, False])
     events = overfit_monitor.events(history, "pretrain")
     self.assertEqual(events, [{"phase": "pretrain", "epoch": 3, "pgd_acc": 0.1, "best_before": 0.5,
-                               "fallback": False, "stopped": False, "restored_best": False}])
+                               "fgsm_acc": 0.1, "fallback": False, "stopped": False, "restored_best": False}])
     self.assertIsInstance(trainer.objective, objectives.SingleStepObjective)
+
+  def testFgsmGapFromTheFirstEpoch_IsAnEvent_AndFallbackSwitchesToPgd(self):
+    trainer, monitor = _phase("fallback")
+    with _checks(monitor, pgd=[0.04, 0.3, 0.35], fgsm=[0.7, 0.4, 0.4]):
+      history = training.train(trainer, _dataset, 3, epoch_end_fn=overfit_monitor.with_monitor(None, monitor))
+    self.assertEqual([bool(entry.get(overfit_monitor.EVENT)) for entry in history], [True, False, False])
+    self.assertEqual([bool(entry.get(overfit_monitor.FALLBACK)) for entry in history], [True, True, True])
+    self.assertNotIsInstance(trainer.objective, objectives.SingleStepObjective)
+    (event,) = overfit_monitor.events(history, "pretrain")
+    self.assertEqual((event["epoch"], event["pgd_acc"], event["best_before"], event["fgsm_acc"]), (1, 0.04, None, 0.7))
 
   def testStop_EndsThePhaseAfterTheEpoch_AndAResumedPhaseStaysEnded(self):
     directory = self.create_tempdir().full_path
@@ -113,7 +140,7 @@ class MonitorTest(tf.test.TestCase):
     trainer, monitor = _phase("stop", best_weights_path=snapshot)
     weights_after = []
     record = lambda epoch, metrics: weights_after.append(trainer.model.get_weights()) or {}  # noqa: E731
-    with mock.patch.object(monitor, "pgd_accuracy", side_effect=accuracies):
+    with _checks(monitor, accuracies):
       history = training.train(trainer, _dataset, 4, epoch_end_fn=overfit_monitor.with_monitor(record, monitor))
     self.assertTrue(history[-1][overfit_monitor.RESTORED])
     self.assertTrue(overfit_monitor.events(history, "pretrain")[0]["restored_best"])
@@ -126,7 +153,7 @@ class MonitorTest(tf.test.TestCase):
     trainer, monitor = _phase("stop", best_weights_path=os.path.join(killed_dir, "best_weights.npz"))
     calls = []
     with self.assertRaises(training.TrainingInterrupted):
-      with mock.patch.object(monitor, "pgd_accuracy", side_effect=accuracies[:3]):
+      with _checks(monitor, accuracies[:3]):
         training.train(trainer, _dataset, 4, epoch_end_fn=overfit_monitor.with_monitor(None, monitor),
                        checkpointer=checkpointing.PhaseCheckpointer(killed_dir, trainer),
                        should_stop=lambda: calls.append(1) or len(calls) == 13)  # in epoch 4
@@ -148,7 +175,7 @@ class MonitorTest(tf.test.TestCase):
     trainer, monitor = _phase("fallback")
     calls = []
     with self.assertRaises(training.TrainingInterrupted):
-      with mock.patch.object(monitor, "pgd_accuracy", side_effect=[0.5, 0.1]):
+      with _checks(monitor, [0.5, 0.1]):
         training.train(trainer, _dataset, 4, epoch_end_fn=overfit_monitor.with_monitor(None, monitor),
                        checkpointer=checkpointing.PhaseCheckpointer(directory, trainer),
                        should_stop=lambda: calls.append(1) or len(calls) == 10)  # in epoch 3, after the switch

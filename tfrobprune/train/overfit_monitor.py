@@ -7,11 +7,15 @@ training minibatch; so does this monitor, after every epoch of a phase whose obj
 else a class-stratified subset of the training set), at the objective's final epsilon, from the same seeded starts
 every epoch.
 
-A sharp drop is an epoch whose accuracy is below `drop_ratio` times the best of the phase's earlier epochs AND more
-than `min_drop` below it (by default: below half of the best and more than 0.1 lower), so the slow changes of
-normal training (or of a pruning ramp) do not count, nor the noise of a few hundred examples, while a collapse from a
-low best (a hard dataset, a large eps) still does. Each such epoch is an event in the epoch's metrics
-(`overfit` = 1), which the report lists. What follows is `action`:
+An event is an epoch whose PGD accuracy is below `drop_ratio` times, AND more than `min_drop` below (by default:
+below half of, and more than 0.1 lower than), either
+- the best PGD accuracy of the phase's earlier epochs (a sharp drop), or
+- the FGSM accuracy (one eps step from the clean image) of the same examples after the same epoch: the model
+  defeats the single step but not PGD, the signature of catastrophic overfitting, which also catches a collapse from
+  the first epoch on, where there is no better epoch to drop from.
+So the slow changes of normal training (or of a pruning ramp) do not count, nor the noise of a few hundred
+examples, nor PGD's normal margin under FGSM. Each such epoch is an event in the epoch's metrics (`overfit` = 1),
+which the report lists. What follows is `action`:
 - 'warn': nothing more (the default);
 - 'stop': the phase ends after that epoch, with the weights of its best epoch (Wong et al.'s early stopping;
   `best_weights` keeps them on disk) where the monitor has a snapshot file, i.e. in phases without pruning: in a
@@ -34,7 +38,7 @@ from tfrobprune.train import training
 
 ACTIONS = ("warn", "stop", "fallback")
 # Epoch metrics the monitor adds (recorded in the phase's history, and so in the report).
-PGD_ACC, EVENT, FALLBACK = "overfit_check_pgd_acc", "overfit", "overfit_fallback"
+PGD_ACC, FGSM_ACC, EVENT, FALLBACK = "overfit_check_pgd_acc", "overfit_check_fgsm_acc", "overfit", "overfit_fallback"
 RESTORED = "overfit_restored_best"
 _BATCH = 256
 
@@ -72,6 +76,11 @@ class OverfitConfig:
 def is_sharp_drop(accuracy, best, config):
   """Whether `accuracy` after an epoch is a sharp drop from `best`, the best accuracy of the earlier epochs."""
   return best is not None and accuracy < config.drop_ratio * best and best - accuracy > config.min_drop
+
+
+def is_fgsm_gap(accuracy, fgsm_accuracy, config):
+  """Whether PGD `accuracy` is far below the FGSM accuracy of the same examples (module docstring)."""
+  return accuracy < config.drop_ratio * fgsm_accuracy and fgsm_accuracy - accuracy > config.min_drop
 
 
 def held_out_examples(validation, x_train, y_train, count, seed):
@@ -113,19 +122,32 @@ class OverfitMonitor:
     self.batches = [(tf.constant(x[i:i + _BATCH]), tf.constant(y[i:i + _BATCH])) for i in range(0, len(y), _BATCH)]
     self.examples = len(y)
     self.best, self.switched = None, False
-    self._check = tf.function(self._robust_count)
+    self._pgd_count, self._fgsm_count = tf.function(self._pgd_robust_count), tf.function(self._fgsm_robust_count)
 
-  def _robust_count(self, x, y, index):
-    eps = self.objective_config.eps
-    model_fn = self.trainer.objective.inference_fn(self.trainer.model)
+  def _model_fn(self):
+    return self.trainer.objective.inference_fn(self.trainer.model)
+
+  def _correct(self, model_fn, x_adv, y):
+    return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(model_fn(x_adv), axis=1), y), tf.int32))
+
+  def _pgd_robust_count(self, x, y, index):
+    eps, model_fn = self.objective_config.eps, self._model_fn()
     seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(index, tf.int64)])
     x_adv = attacks.pgd(model_fn, x, y, eps, 2.5 * eps / self.config.pgd_steps, self.config.pgd_steps, seed=seed)
-    return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(model_fn(x_adv), axis=1), y), tf.int32))
+    return self._correct(model_fn, x_adv, y)
+
+  def _fgsm_robust_count(self, x, y):
+    model_fn = self._model_fn()
+    return self._correct(model_fn, attacks.fgsm(model_fn, x, y, self.objective_config.eps), y)
 
   def pgd_accuracy(self):
     """PGD accuracy of the model now on the held-out examples (the same starts every call)."""
-    correct = sum(int(self._check(x, y, tf.constant(i, tf.int64))) for i, (x, y) in enumerate(self.batches))
+    correct = sum(int(self._pgd_count(x, y, tf.constant(i, tf.int64))) for i, (x, y) in enumerate(self.batches))
     return correct / self.examples
+
+  def fgsm_accuracy(self):
+    """FGSM accuracy (one eps step from the clean image) of the model now on the held-out examples."""
+    return sum(int(self._fgsm_count(x, y)) for x, y in self.batches) / self.examples
 
   def resume(self, history):
     """Replays the phase's finished epochs (a resumed phase): the best accuracy so far and a fallback taken."""
@@ -135,15 +157,18 @@ class OverfitMonitor:
       self._fall_back()
 
   def epoch_end(self, epoch, metrics):
-    """The epoch's monitor metrics; on a sharp drop, an event and the configured action."""
+    """The epoch's monitor metrics; on a sharp drop or an FGSM gap, an event and the configured action."""
     del metrics
-    accuracy = self.pgd_accuracy()
-    result = {PGD_ACC: accuracy}
-    if is_sharp_drop(accuracy, self.best, self.config):
+    accuracy, fgsm_accuracy = self.pgd_accuracy(), self.fgsm_accuracy()
+    result = {PGD_ACC: accuracy, FGSM_ACC: fgsm_accuracy}
+    drop = is_sharp_drop(accuracy, self.best, self.config)
+    if drop or is_fgsm_gap(accuracy, fgsm_accuracy, self.config):
       result[EVENT] = 1.0
+      change = (f"fell from {self.best:.3f} to {accuracy:.3f}" if drop else
+                f"is {accuracy:.3f}, against FGSM {fgsm_accuracy:.3f}")
       self.log(f"[{self.phase}] catastrophic overfitting suspected after epoch {epoch + 1}: PGD-"
-               f"{self.config.pgd_steps} accuracy on {self.examples} held-out examples fell from {self.best:.3f} to "
-               f"{accuracy:.3f} (--on_overfit={self.config.action}).")
+               f"{self.config.pgd_steps} accuracy on {self.examples} held-out examples {change} "
+               f"(--on_overfit={self.config.action}).")
       if self.config.action == "stop":
         result[training.STOP_PHASE] = 1.0
         if self.snapshot is not None and self.snapshot.restore(self.trainer.model):
@@ -193,14 +218,14 @@ def with_monitor(epoch_end_fn, monitor):
 
 
 def events(history, phase):
-  """The overfitting events of a phase's history: [{phase, epoch, pgd_acc, best_before}]."""
+  """The overfitting events of a phase's history: [{phase, epoch, pgd_acc, best_before, fgsm_acc, ...}]."""
   found, best = [], None
   for entry in history:
     accuracy = entry.get(PGD_ACC)
     if entry.get(EVENT):
       found.append({"phase": phase, "epoch": entry.get("epoch"), "pgd_acc": accuracy, "best_before": best,
-                    "fallback": bool(entry.get(FALLBACK)), "stopped": bool(entry.get(training.STOP_PHASE)),
-                    "restored_best": bool(entry.get(RESTORED))})
+                    "fgsm_acc": entry.get(FGSM_ACC), "fallback": bool(entry.get(FALLBACK)),
+                    "stopped": bool(entry.get(training.STOP_PHASE)), "restored_best": bool(entry.get(RESTORED))})
     if accuracy is not None:
       best = accuracy if best is None else max(best, accuracy)
   return found
