@@ -84,6 +84,15 @@ class RobustPruneTest(tf.test.TestCase):
     self.assertEqual(resumed["pruned"], report["pruned"])
     self.assertTrue(any(line.startswith("Resuming") for line in lines), lines)
 
+    # Another model (same name, same settings) or other data in the same directory is not that run.
+    edited = _residual_model()
+    edited.get_layer("logits").set_weights([2 * w for w in edited.get_layer("logits").get_weights()])
+    for other_model, other_train in ((edited, train), (_residual_model(), _data(192, 5))):
+      with self.assertRaisesRegex(ValueError, "holds a run of another model or other data"):
+        robust_prune(other_model, other_train, test, output_dir=output_dir, export=False, **_TINY)
+    self.assertEqual(robust_prune(_residual_model(), train, test, output_dir=output_dir, export=False,
+                                  **_TINY)[1]["pruned"], report["pruned"])  # the file holds the original model still
+
   def testIbp_LayerWithoutABoundRuleFailsBeforeTraining_RegisteringOneMakesItTrain(self):
     ibp = dict(_TINY, objective=settings.Objective("ibp", eps=0.05))
     output_dir = self.create_tempdir().full_path
@@ -98,6 +107,13 @@ class RobustPruneTest(tf.test.TestCase):
     self.assertIn("verified_acc", report["pruned"])
     self.assertAllClose(stats.parameter_counts(pruned)["sparsity"], 0.75, atol=0.01)
     self.assertIsInstance(pruned.get_layer("scale"), Scale)
+
+  def testAModelWithTwoOutputs_IsRefusedNamingIt(self):
+    inputs = keras.Input((6, 6, 1))
+    flat = layers.Flatten()(inputs)
+    model = keras.Model(inputs, [layers.Dense(3)(flat), layers.Dense(3)(flat)], name="two_heads")
+    with self.assertRaisesRegex(ValueError, "one input and one output; 'two_heads' has 1 and 2"):
+      robust_prune(model, _data(8, 0), _data(8, 1))
 
   def testAModelThatIsNotKeras2_IsRefused(self):
     with self.assertRaisesRegex(TypeError, "tf_keras.Model"):

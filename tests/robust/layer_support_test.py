@@ -86,6 +86,16 @@ class CheckModelTest(tf.test.TestCase, parameterized.TestCase):
     with self.assertRaisesRegex(layer_support.UnsupportedModelError, "must return logits"):
       layer_support.check_model(model, ["pgd"])
 
+  def testProbabilityOutputs_AreRefusedNamingTheLayer(self):
+    inputs = keras.Input((4,))
+    for ending, phrase in ((layers.Dense(3, activation="softmax", name="probs"), "ends in softmax .layer 'probs'"),
+                           (layers.Softmax(name="probs"), "ends in softmax .layer 'probs'"),
+                           (layers.Activation("sigmoid", name="probs"), "ends in sigmoid .layer 'probs'")):
+      outputs = ending(inputs if isinstance(ending, layers.Dense) else layers.Dense(3)(inputs))
+      with self.assertRaisesRegex(layer_support.UnsupportedModelError, phrase + ".*must return logits"):
+        layer_support.check_model(keras.Model(inputs, outputs), ["pgd"])
+    layer_support.check_model(keras.Model(inputs, layers.Dense(3, activation="linear")(inputs)), ["pgd"])
+
   def testTwoInputs_AreRefused(self):
     a, b = keras.Input((4,)), keras.Input((4,))
     model = keras.Model([a, b], layers.Dense(3)(layers.Add()([a, b])))

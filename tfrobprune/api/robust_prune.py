@@ -3,7 +3,8 @@
 It is the CLI's run with `--model=PATH`: the caller's model is saved into the output directory (`<model name>.keras`),
 the settings become the `RunConfig` the matching flags would give (`settings.run_config`), and `pipeline.run` does
 the rest with the caller's data handed over. So the API and the CLI pre-train, prune, fine-tune, evaluate, export,
-report and resume alike; rerunning the same call with the same output directory resumes it.
+report and resume alike; rerunning the same call with the same output directory resumes it, and a rerun on
+another model or other data is refused (`run_inputs`).
 """
 
 import contextlib
@@ -12,11 +13,13 @@ import tempfile
 
 from absl import logging
 
+from tfrobprune.api import run_inputs
 from tfrobprune.api import settings
 from tfrobprune.api import user_data
 from tfrobprune.keras_compat import require_keras2_model
 from tfrobprune import model_files
 from tfrobprune import pipeline
+from tfrobprune.robust import interval_propagation
 
 __all__ = ["robust_prune", "input_model_path"]
 
@@ -78,13 +81,16 @@ def robust_prune(model, train_data, test_data, *, objective=settings.DEFAULT_OBJ
 
   Raises:
     ValueError: bad settings or data, a layer the objective cannot train through (named), a model that does not
-      fit the data, or an output directory holding a run with other settings (`overwrite` discards it).
+      fit the data or has several inputs or outputs, or an output directory holding a run with other settings, or
+      of another model or other data (`overwrite` discards it).
     TypeError: `model` is not a Keras 2 model.
   """
   require_keras2_model(model)
+  interval_propagation.check_single_input_output(model)
   dataset = user_data.array_dataset_of(train_data, test_data, int(model.output_shape[-1]))
   with _run_directory(output_dir) as directory:
     pipeline.prepare_output_dir(directory)
+    run_inputs.check_and_record(directory, run_inputs.fingerprint(model, dataset), overwrite=overwrite)
     model_path = pipeline.save_model(model, input_model_path(directory, model))
     config = settings.run_config(
         model_path, objective=objective, pruning=pruning, training_settings=training,

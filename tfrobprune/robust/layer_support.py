@@ -1,6 +1,8 @@
 """What each objective needs of a model, checked before training with an error naming the layer.
 
-- Every objective needs a model with one input and one output whose output depends differentiably on the input:
+- Every objective needs a model with one input and one output, logits (not probabilities: cross-entropy over a
+  softmax's output trains and attacks the wrong loss, with flattened gradients, and no error), which depend
+  differentiably on the input:
   PGD and TRADES attacks follow the input gradient, and training follows the gradient through every layer. That is
   all PGD, TRADES and natural training need, so any Sequential or functional model of differentiable layers
   (branches and residual adds included) trains with them.
@@ -96,6 +98,20 @@ def _check_crown_ibp(model):
     raise UnsupportedModelError(f"Objective 'crown_ibp': {error}") from error
 
 
+# Output activations that turn logits into probabilities.
+_PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid", "log_softmax")
+
+
+def _check_returns_logits(model):
+  """Refuses a model whose last layer applies softmax or sigmoid (a `Softmax` layer, or an activation)."""
+  last = interval_propagation.last_layer(model)
+  activation = getattr(last, "activation", None)
+  name = keras.activations.serialize(activation) if activation is not None else None
+  if isinstance(last, keras.layers.Softmax) or name in _PROBABILITY_ACTIVATIONS:
+    raise UnsupportedModelError(f"Model {model.name!r} ends in {name or 'softmax'} (layer {last.name!r}): it must "
+                                "return logits. Remove the final activation; the losses apply softmax themselves.")
+
+
 def check_model(model, objective_names, num_classes=None):
   """Checks that `model` can be trained and evaluated with every objective in `objective_names`.
 
@@ -108,6 +124,7 @@ def check_model(model, objective_names, num_classes=None):
     UnsupportedModelError: a ValueError naming the layer and what it lacks for which objective.
   """
   interval_propagation.check_single_input_output(model)
+  _check_returns_logits(model)
   num_classes = num_classes or int(model.output_shape[-1])
   if len(model.output_shape) != 2:
     raise UnsupportedModelError(f"Model {model.name!r} returns outputs of shape {model.output_shape[1:]}; it must "
