@@ -29,6 +29,7 @@ class ImageFolderTest(parameterized.TestCase):
     format_files.write_image(os.path.join(root, "train", "zebra", "b.JPG"), self._rgb(1, size=(9, 9)))
     format_files.write_image(os.path.join(root, "train", "ant", "c.jpeg"), self._rgb(2))
     format_files.write(os.path.join(root, "train", "ant", "notes.txt"), b"not an image, ignored")
+    format_files.write(os.path.join(root, "train", "ant", "._c.jpeg"), b"macOS metadata, ignored")
     format_files.write_image(os.path.join(root, "test", "zebra", "d.png"), self._rgb(3))
     ds = image_folder.load_image_folder(root, (4, 3))
     self.assertEqual(ds.class_names, ("ant", "zebra"))

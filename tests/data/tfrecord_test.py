@@ -60,6 +60,14 @@ class OpenTFRecordTest(parameterized.TestCase):
     format_files.write(os.path.join(root, "labels.txt"), b"cat\ndog\nemu\nfox\n")
     self.assertEqual(tfrecord.open_tfrecord(root).class_names, ("cat", "dog", "emu", "fox"))
 
+  def testLabelsTxtBesideTheTrainingFilesInASplitFolder_IsNotReadAsRecords(self):
+    root = self.create_tempdir().full_path
+    format_files.write_tfrecord(os.path.join(root, "train", "a.rec"), _examples(4, seed=0))
+    format_files.write_tfrecord(os.path.join(root, "test", "b.rec"), _examples(2, seed=1))
+    format_files.write(os.path.join(root, "train", "labels.txt"), b"cat\ndog\nemu\n")
+    ds = datasets.load_dataset("tfrecord", root, streaming=True)
+    self.assertEqual((len(ds.x_train), ds.class_names), (4, ("cat", "dog", "emu")))
+
   @parameterized.named_parameters(
       ("_SplitSubfolders", "{root}", "{root}/train/a.rec", "{root}/test/b.rec"),
       ("_SplitPattern", "{root}/data-{{split}}-*", "{root}/data-train-0", "{root}/data-test-0"),

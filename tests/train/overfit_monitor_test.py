@@ -84,6 +84,16 @@ class SharpDropTest(parameterized.TestCase):
 
 class MonitorTest(tf.test.TestCase):
 
+  def testHeldOutExamples_AreStratifiedFromTheValidationSplitElseTraining(self):
+    x, y = _data()
+    order = np.argsort(y, kind="stable")  # stored class by class, as an image folder is
+    proportional = 16 * np.bincount(y) / len(y)  # the classes' shares of the data, in 16 examples
+    x_val, y_val = overfit_monitor.held_out_examples((x[order], y[order]), x[:0], y[:0], 16, seed=0)
+    self.assertLessEqual(np.abs(np.bincount(y_val, minlength=2) - proportional).max(), 1.0)
+    self.assertEqual(x_val.dtype, np.float32)
+    _, y_train = overfit_monitor.held_out_examples((x[:0], y[:0]), x[order], y[order], 16, seed=0)
+    self.assertLessEqual(np.abs(np.bincount(y_train, minlength=2) - proportional).max(), 1.0)
+
   def testOnlySingleStepPhasesAreWatched(self):
     self.assertIsNotNone(_phase("warn")[1])
     self.assertIsNone(_phase("warn", name="pgd")[1])

@@ -96,8 +96,8 @@ def _list_image_split(data_dir, split):
   classes = {}
   for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
     if entry.is_dir() and not entry.name.startswith("."):
-      images = sorted(f.path for f in os.scandir(entry.path)
-                      if f.is_file() and f.name.lower().endswith(_IMAGE_EXTENSIONS))
+      images = sorted(f.path for f in os.scandir(entry.path)  # dot-files: macOS '._x.png' metadata, editors' files
+                      if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(_IMAGE_EXTENSIONS))
       if not images:
         raise errors.DataError(f"{entry.path}: empty class folder (no {'/'.join(_IMAGE_EXTENSIONS)} files).")
       classes[entry.name] = images

@@ -48,6 +48,9 @@ _FORMAT = (f"each record must be a tf.train.Example with {IMAGE_KEY!r} (bytes, a
            "(int64)")
 
 
+# The optional class-name file; it may sit among the record files, which then leave it out.
+_LABELS_FILE = "labels.txt"
+
 def example_bytes(encoded_image: bytes, label: int) -> bytes:
   """A serialized `tf.train.Example` of one (encoded image, label), as this module reads them."""
   feature = {IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded_image])),
@@ -153,8 +156,8 @@ def _split_files(data_dir, split):
       pattern = os.path.join(data_dir, name, "*")
     else:
       pattern = os.path.join(data_dir, name + "*")
-    files = sorted(path for path in tf.io.gfile.glob(pattern)
-                   if not tf.io.gfile.isdir(path) and not os.path.basename(path).startswith("."))
+    files = sorted(path for path in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(path)
+                   and not os.path.basename(path).startswith(".") and os.path.basename(path) != _LABELS_FILE)
     if files:
       return files
     tried.append(pattern)
@@ -208,7 +211,7 @@ def _class_names(data_dir, first_train_file, y_train):
   """Names from labels.txt (in `data_dir` or beside the first training file), else '0' .. str(max label)."""
   folders = [data_dir] if "{split}" not in data_dir else []
   for folder in folders + [os.path.dirname(first_train_file)]:
-    path = os.path.join(folder, "labels.txt")
+    path = os.path.join(folder, _LABELS_FILE)
     if os.path.isfile(path):
       with open(path, encoding="utf-8") as handle:
         names = [line.strip() for line in handle.read().strip().splitlines()]

@@ -3,9 +3,9 @@
 Single-step adversarial training can fail suddenly (Wong et al. 2020): within an epoch or two the model learns to
 defeat the one FGSM step while PGD's accuracy collapses to near zero. Wong et al. watch PGD accuracy on a fixed
 training minibatch; so does this monitor, after every epoch of a phase whose objective is single-step (`nfgsm`,
-`fgsm_rs`, `fgsm`): PGD-k (k = `pgd_steps`) on `examples` fixed examples (the validation split if the run holds one out,
-else a class-stratified subset of the training set), at the objective's final epsilon, from the same seeded starts
-every epoch.
+`fgsm_rs`, `fgsm`): PGD-k (k = `pgd_steps`) on `examples` fixed examples (a class-stratified subset of the
+validation split if the run holds one out, else of the training set), at the objective's final epsilon, from the
+same seeded starts every epoch.
 
 An event is an epoch whose PGD accuracy is below `drop_ratio` times, AND more than `min_drop` below (by default:
 below half of, and more than 0.1 lower than), either
@@ -84,12 +84,11 @@ def is_fgsm_gap(accuracy, fgsm_accuracy, config):
 
 
 def held_out_examples(validation, x_train, y_train, count, seed):
-  """`count` fixed examples to check: the first of the validation split, else a stratified training subset."""
-  x_val, y_val = validation
-  if len(y_val):
-    return np.asarray(x_val[:count], np.float32), np.asarray(y_val[:count], np.int64)
-  index = np.sort(subsets.stratified_subset(y_train, min(count, len(y_train)), seed))
-  return np.asarray(x_train[index], np.float32), np.asarray(y_train)[index].astype(np.int64)
+  """`count` fixed examples to check, class-stratified (data stored class by class, as an image folder is, would
+  otherwise give the first class only): of the validation split if there is one, else of the training set."""
+  x, y = validation if len(validation[1]) else (x_train, y_train)
+  index = np.sort(subsets.stratified_subset(y, min(count, len(y)), seed))
+  return np.asarray(x[index], np.float32), np.asarray(y)[index].astype(np.int64)
 
 
 def fallback_config(objective_config, config):
