@@ -2,6 +2,7 @@
 
 from absl.testing import absltest
 from absl.testing import flagsaver
+import numpy as np
 
 from tfrobprune.api import settings
 from tfrobprune import cli
@@ -100,6 +101,16 @@ class SettingsValidationTest(absltest.TestCase):
 
   def testAnyPruningFrequencyIsAccepted(self):
     self.assertEqual(settings.Pruning(frequency=7).to_pruning_config().frequency, 7)
+
+  def testOneStringIsAListOfNamesAsOnTheCommandLine_NotItsCharacters(self):
+    self.assertEqual(settings.Pruning(exclude_layers="logits").exclude_layers, ("logits",))
+    self.assertEqual(settings.Pruning(exclude_layers="conv1, logits").exclude_layers, ("conv1", "logits"))
+    self.assertEqual(settings.Evaluation(attacks="autoattack").to_config(0.1, False).attacks, ("autoattack",))
+    self.assertEqual(settings.Evaluation(attacks="pgd,autoattack").to_config(0.1, False).attacks,
+                     ("pgd", "autoattack"))
+
+  def testNumpySparsity_IsOneTarget(self):
+    self.assertEqual(settings.Pruning(sparsity=np.float32(0.75)).sparsities, (0.75,))
 
 
 if __name__ == "__main__":

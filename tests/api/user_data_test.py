@@ -24,6 +24,24 @@ class ToArraysTest(tf.test.TestCase):
       self.assertAllEqual(got_y, y)
       self.assertEqual((got_x.dtype, got_y.dtype), (np.float32, np.int64))
 
+  def testBatchesOfGreyscaleImagesWithoutAChannelAxis_AreUnbatched(self):
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 256, (50, 28, 28), np.uint8), rng.integers(0, 10, 50)  # keras.datasets.mnist's layout
+    for batched in (tf.data.Dataset.from_tensor_slices((x, y)).batch(20),  # a partial last batch
+                    tf.data.Dataset.from_tensor_slices((x, np.eye(10)[y])).batch(25, drop_remainder=True)):
+      images, labels = user_data.to_arrays(batched, "train")
+      self.assertEqual(images.shape, (50, 28, 28, 1))
+      self.assertAllEqual(labels, y)
+    images, labels = user_data.to_arrays(tf.data.Dataset.from_tensor_slices((x[..., None], np.eye(10)[y])), "train")
+    self.assertEqual((images.shape, labels.shape), ((50, 28, 28, 1), (50,)))  # unbatched HWC with one-hot labels
+
+  def testImagesOfDifferentSizes_AreNamedWithTheirSplit(self):
+    ragged = tf.data.Dataset.from_generator(
+        lambda: iter([(np.zeros((4, 4, 1), np.float32), 0), (np.zeros((5, 4, 1), np.float32), 1)]),
+        output_signature=(tf.TensorSpec((None, 4, 1), tf.float32), tf.TensorSpec((), tf.int64)))
+    with self.assertRaisesRegex(ValueError, "test_data: the tf.data.Dataset's images .or labels. differ in shape"):
+      user_data.to_arrays(ragged, "test")
+
   def testUint8ImagesNhwImagesAndOneHotLabels_AreConverted(self):
     x = np.array([[[0, 255]], [[51, 102]]], np.uint8)  # [2, 1, 2]: NHW
     images, labels = user_data.to_arrays((x, np.eye(3)[[2, 0]]), "test")

@@ -8,6 +8,7 @@ the `RunConfig` the CLI builds from the matching flags (`run_config`), so the AP
 """
 
 import dataclasses
+import numbers
 
 from tfrobprune import config as config_lib
 from tfrobprune.evaluate import evaluation
@@ -34,6 +35,13 @@ def without_ramp(objective):
   return dataclasses.replace(objective, eps_warmup_steps=0, eps_ramp_steps=0, eps_warmup_epochs=0.0,
                              eps_ramp_epochs=0.0, eps_ramp_shape="linear")
 
+
+
+def _names(value):
+  """A tuple of names from a sequence, or from one string as the CLI's comma-separated list ('a,b'; 'logits')."""
+  if isinstance(value, str):
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+  return tuple(value)
 
 @dataclasses.dataclass(frozen=True)
 class Pruning:
@@ -69,9 +77,9 @@ class Pruning:
   score_update_steps: int = 100
 
   def __post_init__(self):
-    object.__setattr__(self, "sparsity", self.sparsity if isinstance(self.sparsity, (int, float))
+    object.__setattr__(self, "sparsity", float(self.sparsity) if isinstance(self.sparsity, numbers.Real)
                        else tuple(self.sparsity))
-    object.__setattr__(self, "exclude_layers", tuple(self.exclude_layers))
+    object.__setattr__(self, "exclude_layers", _names(self.exclude_layers))
     if not 0 < self.end_fraction <= 1:
       raise ValueError(f"end_fraction must be in (0, 1], got {self.end_fraction}.")
     if self.rounds < 1:
@@ -85,7 +93,7 @@ class Pruning:
   @property
   def sparsities(self):
     """The targets as a tuple (one entry unless `sparsity` is a sweep)."""
-    sparsities = (self.sparsity,) if isinstance(self.sparsity, (int, float)) else self.sparsity
+    sparsities = (self.sparsity,) if isinstance(self.sparsity, numbers.Real) else self.sparsity
     if not sparsities:
       raise ValueError("Pruning needs at least one target sparsity.")
     return tuple(float(s) for s in sparsities)
@@ -184,7 +192,7 @@ class Evaluation:
         eps=self.eps if self.eps is not None else eps, norm=norm, pgd_steps=self.pgd_steps,
         pgd_restarts=self.pgd_restarts, pgd_step_size=self.pgd_step_size,
         verified=self.verified if self.verified is not None else verified, batch_size=self.batch_size,
-        max_examples=self.examples, attacks=tuple(self.attacks))
+        max_examples=self.examples, attacks=_names(self.attacks))
 
 
 def run_config(model, *, objective, pruning, training_settings, evaluation_settings, pretrain_objective=None, seed=0,

@@ -16,6 +16,17 @@ from tfrobprune.keras_compat import tf
 __all__ = ["to_arrays", "array_dataset_of"]
 
 
+def _batched(image_spec, label_spec):
+  """Whether a dataset's elements are batches: NHWC images, or NHW greyscale ones with a label per row. An
+  unbatched HWC image has a channel axis of 1, 3 or 4 and a known height; a batch's first axis is unknown unless
+  batched with drop_remainder."""
+  shape = image_spec.shape
+  if shape.rank == 4:
+    return True
+  return (shape.rank == 3 and label_spec.shape.rank in (1, 2) and
+          (shape[0] is None or shape[-1] not in (1, 3, 4)))
+
+
 def _dataset_arrays(dataset, split):
   spec = dataset.element_spec
   if not isinstance(spec, tuple) or len(spec) != 2:
@@ -23,12 +34,16 @@ def _dataset_arrays(dataset, split):
                      f"elements are {spec}.")
   if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
     raise ValueError(f"{split}_data: the tf.data.Dataset is infinite (repeat()); pass one pass over the data.")
-  if spec[0].shape.rank == 4:
+  if _batched(*spec):
     dataset = dataset.unbatch()
   images, labels = [], []
-  for x, y in dataset.batch(1024).as_numpy_iterator():
-    images.append(x)
-    labels.append(y)
+  try:
+    for x, y in dataset.batch(1024).as_numpy_iterator():
+      images.append(x)
+      labels.append(y)
+  except tf.errors.InvalidArgumentError as error:
+    raise ValueError(f"{split}_data: the tf.data.Dataset's images (or labels) differ in shape; resize them to one "
+                     f"size first ({error.message.splitlines()[0]}).") from error
   if not images:
     raise ValueError(f"{split}_data: the tf.data.Dataset is empty.")
   return np.concatenate(images), np.concatenate(labels)
