@@ -73,14 +73,19 @@ class OverfitConfig:
     return dataclasses.asdict(self)
 
 
+def _far_below(accuracy, reference, config):
+  """Below `drop_ratio` times `reference` and more than `min_drop` under it (the module docstring's event rule)."""
+  return accuracy < config.drop_ratio * reference and reference - accuracy > config.min_drop
+
+
 def is_sharp_drop(accuracy, best, config):
   """Whether `accuracy` after an epoch is a sharp drop from `best`, the best accuracy of the earlier epochs."""
-  return best is not None and accuracy < config.drop_ratio * best and best - accuracy > config.min_drop
+  return best is not None and _far_below(accuracy, best, config)
 
 
 def is_fgsm_gap(accuracy, fgsm_accuracy, config):
   """Whether PGD `accuracy` is far below the FGSM accuracy of the same examples (module docstring)."""
-  return accuracy < config.drop_ratio * fgsm_accuracy and fgsm_accuracy - accuracy > config.min_drop
+  return _far_below(accuracy, fgsm_accuracy, config)
 
 
 def held_out_examples(validation, x_train, y_train, count, seed):
