@@ -122,6 +122,17 @@ class LoadModelFileTest(tf.test.TestCase):
     with self.assertRaisesRegex(ValueError, "one logit per class \\(3,\\)"):
       model_files.check_fits_data(model, (8, 8, 1), 3, "mine.keras")
 
+  def testModelRescalingBy1Over255_IsWarnedAbout(self):
+    inputs = keras.Input((4, 4, 1))
+    dense = keras.layers.Dense(2)(keras.layers.Flatten()(inputs))
+    rescaled = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(
+        keras.layers.Rescaling(1 / 255)(inputs))))
+    with self.assertLogs(level="WARNING") as logs:
+      model_files.check_fits_data(rescaled, (4, 4, 1), 2, "bytes.keras")
+    self.assertIn("'bytes.keras' starts with Rescaling(1/255)", "\n".join(logs.output))
+    with self.assertNoLogs(level="WARNING"):
+      model_files.check_fits_data(keras.Model(inputs, dense), (4, 4, 1), 2, "plain.keras")
+
 
 class PipelineWithModelPathTest(tf.test.TestCase):
 

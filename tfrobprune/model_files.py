@@ -15,6 +15,9 @@ import os
 import re
 import zipfile
 
+from absl import logging
+import numpy as np
+
 from tfrobprune.keras_compat import keras, require_keras2_model
 from tfrobprune import models
 
@@ -96,9 +99,19 @@ def load_model_file(path):
   return model
 
 
+def _rescales_bytes(model):
+  """Whether the model's first layer divides by 255 (`Rescaling(1/255)`): written for uint8 pixels."""
+  first = next((layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)), None)
+  return isinstance(first, keras.layers.Rescaling) and abs(float(np.mean(first.scale)) - 1 / 255) < 1e-6
+
+
 def check_fits_data(model, input_shape, num_classes, source):
   """Raises a ValueError naming `source` unless `model` takes images of `input_shape` and returns `num_classes`
-  logits."""
+  logits; warns when the model rescales by 1/255 (the pipeline's images are in [0, 1] already)."""
+  if _rescales_bytes(model):
+    logging.warning("Model %r starts with Rescaling(1/255), but tfrobprune feeds it images in [0, 1] (uint8 data is "
+                    "scaled on loading): it will see [0, 1/255] and eps would be 255 times larger than meant. Remove "
+                    "the layer.", source)
   expected_input = model.input_shape[1:]
   if len(expected_input) != len(input_shape) or any(
       dim is not None and dim != data_dim for dim, data_dim in zip(expected_input, input_shape)):

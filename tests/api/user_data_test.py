@@ -59,6 +59,7 @@ class ToArraysTest(tf.test.TestCase):
         (tf.data.Dataset.from_tensor_slices((x, y)).take(0), "empty"),
         ((x.astype(np.int32), y), "float in \\[0, 1\\] or uint8"),
         ((x, y + 0.5), "class indices"),
+        ((x, np.array(["cat", "dog"] * 5)), "labels must be class indices .numbers., got <U3 labels"),
     ]
     for data, pattern in cases:
       with self.subTest(pattern=pattern):

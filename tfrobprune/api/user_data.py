@@ -66,6 +66,9 @@ def _labels(y, split):
     y = y[:, 0]
   elif y.ndim == 2:  # one-hot rows
     y = np.argmax(y, axis=1)
+  if not np.issubdtype(y.dtype, np.number):
+    raise ValueError(f"{split}_data: labels must be class indices (numbers), got {y.dtype} labels; map class names "
+                     "to 0 .. classes - 1 first.")
   if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0)):
     raise ValueError(f"{split}_data: labels must be class indices [N] (or one-hot [N, classes]), got {y.dtype} "
                      f"{y.shape}.")
