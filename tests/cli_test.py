@@ -136,6 +136,20 @@ class FlagfilesTest(absltest.TestCase):
       self.assertEqual(nfgsm[phase].pop("learning_rate"), 2 * reference[phase].pop("learning_rate"))
     self.assertEqual(nfgsm, reference)
 
+  def testCrownIbpFlagfile_IsTheIbpFlagfileWithFusedCrownIbpInBothPhases(self):
+    def config_of(name):
+      with flagsaver.flagsaver():
+        cli.flags.FLAGS.unparse_flags()
+        cli.flags.FLAGS(["tfrobprune", f"--flagfile={os.path.join(_ROOT, 'configs', name)}"])
+        return cli.config_from_flags().to_dict()
+
+    ibp, crown = config_of("fmnist_ibp_s90.cfg"), config_of("fmnist_crown_ibp_s90.cfg")
+    for phase in ("pretrain_objective", "finetune_objective"):
+      self.assertEqual((crown[phase].pop("name"), crown[phase].pop("crown_ibp_bound")), ("crown_ibp", "fused"))
+      self.assertEqual((ibp[phase].pop("name"), ibp[phase].pop("crown_ibp_bound")), ("ibp", "margins"))
+    self.assertEqual(crown, ibp)
+    self.assertTrue(crown["evaluation"]["verified"])
+
   def testChannelFlagfile_PrunesHalfTheChannelsOfTheReferenceSetting(self):
     with flagsaver.flagsaver():
       cli.flags.FLAGS.unparse_flags()
