@@ -90,6 +90,14 @@ class ConfigFromFlagsTest(absltest.TestCase):
     self.assertTrue(config.evaluation.verified)
 
 
+def _config_of(name):
+  """The run config (as a dict) of the shipped flagfile configs/`name`."""
+  with flagsaver.flagsaver():
+    cli.flags.FLAGS.unparse_flags()
+    cli.flags.FLAGS(["tfrobprune", f"--flagfile={os.path.join(_ROOT, 'configs', name)}"])
+    return cli.config_from_flags().to_dict()
+
+
 class FlagfilesTest(absltest.TestCase):
 
   def testEveryShippedFlagfileGivesAValidConfig(self):
@@ -119,13 +127,7 @@ class FlagfilesTest(absltest.TestCase):
     self.assertEqual((config.pretrain_objective.eps, config.evaluation.eps, config.sparsities), (0.1, 0.1, (0.9,)))
 
   def testNfgsmFlagfile_IsTheReferenceWithNfgsmInBothPhasesAtTwiceTheLearningRates(self):
-    def config_of(name):
-      with flagsaver.flagsaver():
-        cli.flags.FLAGS.unparse_flags()
-        cli.flags.FLAGS(["tfrobprune", f"--flagfile={os.path.join(_ROOT, 'configs', name)}"])
-        return cli.config_from_flags().to_dict()
-
-    reference, nfgsm = config_of("fmnist_pgd_s90.cfg"), config_of("fmnist_nfgsm_s90.cfg")
+    reference, nfgsm = _config_of("fmnist_pgd_s90.cfg"), _config_of("fmnist_nfgsm_s90.cfg")
     for phase in ("pretrain_objective", "finetune_objective"):
       self.assertEqual((nfgsm[phase]["name"], nfgsm[phase]["nfgsm_noise"], nfgsm[phase]["pgd_step_size"]),
                        ("nfgsm", 2.0, 0.0))  # 0: the method's step, eps
@@ -137,13 +139,7 @@ class FlagfilesTest(absltest.TestCase):
     self.assertEqual(nfgsm, reference)
 
   def testCrownIbpFlagfile_IsTheIbpFlagfileWithFusedCrownIbpInBothPhases(self):
-    def config_of(name):
-      with flagsaver.flagsaver():
-        cli.flags.FLAGS.unparse_flags()
-        cli.flags.FLAGS(["tfrobprune", f"--flagfile={os.path.join(_ROOT, 'configs', name)}"])
-        return cli.config_from_flags().to_dict()
-
-    ibp, crown = config_of("fmnist_ibp_s90.cfg"), config_of("fmnist_crown_ibp_s90.cfg")
+    ibp, crown = _config_of("fmnist_ibp_s90.cfg"), _config_of("fmnist_crown_ibp_s90.cfg")
     for phase in ("pretrain_objective", "finetune_objective"):
       self.assertEqual((crown[phase].pop("name"), crown[phase].pop("crown_ibp_bound")), ("crown_ibp", "fused"))
       self.assertEqual((ibp[phase].pop("name"), ibp[phase].pop("crown_ibp_bound")), ("ibp", "margins"))
