@@ -51,6 +51,12 @@ def _signed_step(model_fn, start, y, step_size, clip_min, clip_max):
                               clip_min=clip_min, clip_max=clip_max, y=y)
 
 
+def _projected_step(model_fn, x, start, y, eps, step_size, clip_min, clip_max):
+  """`_signed_step` from `start`, projected back to the L-inf ball of radius `eps` around `x` and the pixel range."""
+  stepped = _signed_step(model_fn, start, y, step_size, clip_min, clip_max)
+  return tf.clip_by_value(x + tf.clip_by_value(stepped - x, -eps, eps), clip_min, clip_max)
+
+
 def nfgsm(model_fn, x, y, eps, step_size, noise=NFGSM_NOISE, seed=None, clip_min=0.0, clip_max=1.0):
   """N-FGSM: one signed-gradient step from `x + U[-noise eps, noise eps]`, not projected to the eps ball.
 
@@ -89,8 +95,7 @@ def fgsm_rs(model_fn, x, y, eps, step_size, seed=None, clip_min=0.0, clip_max=1.
   x = tf.convert_to_tensor(x, tf.float32)
   eps = tf.cast(eps, x.dtype)
   start = tf.clip_by_value(x + attacks.random_start(tf.shape(x), "linf", eps, seed, x.dtype), clip_min, clip_max)
-  stepped = _signed_step(model_fn, start, y, step_size, clip_min, clip_max)
-  return tf.clip_by_value(x + tf.clip_by_value(stepped - x, -eps, eps), clip_min, clip_max)
+  return _projected_step(model_fn, x, start, y, eps, step_size, clip_min, clip_max)
 
 
 def fgsm(model_fn, x, y, eps, step_size, clip_min=0.0, clip_max=1.0):
@@ -106,9 +111,7 @@ def fgsm(model_fn, x, y, eps, step_size, clip_min=0.0, clip_max=1.0):
   """
   _check(eps, step_size)
   x = tf.convert_to_tensor(x, tf.float32)
-  eps = tf.cast(eps, x.dtype)
-  stepped = _signed_step(model_fn, x, y, step_size, clip_min, clip_max)
-  return tf.clip_by_value(x + tf.clip_by_value(stepped - x, -eps, eps), clip_min, clip_max)
+  return _projected_step(model_fn, x, x, y, tf.cast(eps, x.dtype), step_size, clip_min, clip_max)
 
 
 def gradalign_penalty(model_fn, x, y, eps, seed=None, clip_min=0.0, clip_max=1.0):
